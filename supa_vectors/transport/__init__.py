@@ -1,0 +1,1 @@
+"""Transports: how an RPC call reaches the database (PostgREST over HTTP, or Postgres directly)."""

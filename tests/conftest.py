@@ -1,0 +1,69 @@
+"""Shared fixtures: one real local stack (embedded Postgres + migrations) for the whole session.
+
+``SUPA_VECTORS_TEST_DATABASE_URL`` points the suite at an already running, migrated database
+(what ``.ci/run`` does after ``supa-vectors local start``); otherwise the session starts its own
+stack in a temporary directory and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
+
+from supa_vectors.transport.identity import SET_IDENTITY_SQL, Identity
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+CORPUS = SHARED / "corpus"
+
+USER_A = "00000000-0000-4000-8000-00000000000a"
+USER_B = "00000000-0000-4000-8000-00000000000b"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SUPA_VECTORS_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from supa_vectors.local import LocalStack
+
+    stack = LocalStack(base_dir=tmp_path_factory.mktemp("local-stack"))
+    url = stack.start()
+    try:
+        yield url
+    finally:
+        stack.stop()
+
+
+def empty_store(url: str) -> None:
+    """Remove every document (as the owner, bypassing RLS) so each test starts from nothing."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("truncate public.documents restart identity cascade")
+        conn.execute("select supa_vectors_internal.create_vector_index()")
+
+
+@pytest.fixture
+def clean_url(database_url: str) -> str:
+    empty_store(database_url)
+    return database_url
+
+
+@pytest.fixture
+def conn(clean_url: str) -> Iterator[psycopg.Connection]:
+    """A connection in a transaction, rolled back afterwards; switch identity with ``act_as``."""
+    with psycopg.connect(clean_url) as connection:
+        register_vector_info(connection, TypeInfo.fetch(connection, "extensions.vector"))
+        yield connection
+        connection.rollback()
+
+
+def act_as(conn: psycopg.Connection, identity: Identity) -> None:
+    """Switch role and JWT claims for the rest of the transaction, as PostgREST does per request."""
+    conn.execute(SET_IDENTITY_SQL, identity.sql_params())
