@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 # RPCs that return one value rather than a set of rows.
-SCALAR_RPCS = frozenset({"count_documents", "store_stats", "store_settings", "begin_bulk_load", "finish_bulk_load"})
+SCALAR_RPCS = frozenset(
+    {"count_documents", "store_stats", "store_settings", "begin_bulk_load", "finish_bulk_load"}
+)
 
 
 @runtime_checkable
@@ -61,7 +63,9 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def error_for_sqlstate(code: str | None, message: str, *, detail: str | None = None) -> BackendError | InvalidInputError:
+def error_for_sqlstate(
+    code: str | None, message: str, *, detail: str | None = None
+) -> BackendError | InvalidInputError:
     """Map a Postgres SQLSTATE (PostgREST passes it through as ``code``) to our exception tree.
 
     Both transports use this, so the same database failure is the same exception either way.
@@ -84,7 +88,9 @@ def error_for_sqlstate(code: str | None, message: str, *, detail: str | None = N
             # bulk_upsert names the record in DETAIL as {"ordinal": n, "external_id": "..."} (1-based).
             try:
                 where = json.loads(detail)
-                return DocumentError(message, index=int(where["ordinal"]) - 1, document_id=where.get("external_id"))
+                return DocumentError(
+                    message, index=int(where["ordinal"]) - 1, document_id=where.get("external_id")
+                )
             except (ValueError, KeyError, TypeError):
                 return DocumentError(text)
         return InvalidInputError(text)
