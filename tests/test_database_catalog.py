@@ -33,9 +33,9 @@ def test_every_function_has_a_fixed_empty_search_path_and_runs_as_invoker(conn: 
 
 def test_no_extension_lives_in_public(conn: psycopg.Connection) -> None:
     assert rows(conn, "select extname from pg_extension where extnamespace = 'public'::regnamespace") == []
-    assert rows(conn, "select extnamespace::regnamespace::text from pg_extension where extname = 'vector'") == [
-        ("extensions",)
-    ]
+    assert rows(
+        conn, "select extnamespace::regnamespace::text from pg_extension where extname = 'vector'"
+    ) == [("extensions",)]
 
 
 def test_every_foreign_key_is_indexed(conn: psycopg.Connection) -> None:
@@ -73,8 +73,17 @@ def test_anon_has_no_privilege_on_tables_or_functions(conn: psycopg.Connection) 
 
 
 def test_rpcs_are_executable_by_authenticated_and_service_role(conn: psycopg.Connection) -> None:
-    for rpc in ("match_documents", "hybrid_search", "bulk_upsert", "delete_documents", "get_documents",
-                "list_documents", "count_documents", "store_stats", "store_settings"):
+    for rpc in (
+        "match_documents",
+        "hybrid_search",
+        "bulk_upsert",
+        "delete_documents",
+        "get_documents",
+        "list_documents",
+        "count_documents",
+        "store_stats",
+        "store_settings",
+    ):
         grants = rows(
             conn,
             f"""select has_function_privilege('authenticated', p.oid, 'execute'),

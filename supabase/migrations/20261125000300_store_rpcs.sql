@@ -263,7 +263,7 @@ begin
         when pg_catalog.json_typeof(i.doc -> 'external_id') is distinct from 'string' then 'external_id must be a string'
         when pg_catalog.length(i.doc ->> 'external_id') not between 1 and 512 then 'external_id must have 1 to 512 characters'
         when pg_catalog.json_typeof(i.doc -> 'content') is distinct from 'string' then 'content must be a string'
-        when pg_catalog.btrim(i.doc ->> 'content') = '' then 'content is empty'
+        when (i.doc ->> 'content') !~ '\S' then 'content is empty'
         when pg_catalog.octet_length(i.doc ->> 'content') > max_bytes then pg_catalog.format(
           'content has %s bytes; the limit is %s', pg_catalog.octet_length(i.doc ->> 'content'), max_bytes)
         when i.doc -> 'metadata' is not null and pg_catalog.json_typeof(i.doc -> 'metadata') not in ('object', 'null')
@@ -302,7 +302,9 @@ begin
       detail = pg_catalog.json_build_object('ordinal', bad.ordinal, 'external_id', bad.external_id)::text;
   end if;
 
-  create temporary table if not exists pg_temp.supa_vectors_batch (
+  -- A per-call scratch table (dropped before returning; an error rolls its creation back), so that
+  -- the batch is parsed once and every step below is one set-based statement.
+  create temporary table pg_temp.supa_vectors_batch (
     ordinal integer primary key,
     external_id text not null,
     owner_id uuid,
@@ -316,7 +318,6 @@ begin
     previous_metadata jsonb,
     has_embedding boolean not null default false
   ) on commit drop;
-  truncate pg_temp.supa_vectors_batch;
 
   insert into pg_temp.supa_vectors_batch
     (ordinal, external_id, owner_id, content, content_hash, metadata, system, embedding)
@@ -412,6 +413,7 @@ begin
               else 'unchanged' end
     from pg_temp.supa_vectors_batch b
    order by b.ordinal;
+  drop table pg_temp.supa_vectors_batch;
 end
 $$;
 
