@@ -56,8 +56,8 @@ def test_anon_has_no_privilege_on_tables_or_functions(conn: psycopg.Connection) 
     tables = rows(
         conn,
         """select c.relname, p.privilege_type from pg_class c,
-                  lateral (select unnest(array['SELECT','INSERT','UPDATE','DELETE','TRUNCATE','REFERENCES','TRIGGER'])
-                           as privilege_type) p
+                  unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                               'TRIGGER']) as p(privilege_type)
             where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v', 'm', 'p')
               and has_table_privilege('anon', c.oid, p.privilege_type)""",
     )

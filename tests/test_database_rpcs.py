@@ -5,8 +5,6 @@ Everything here runs against the real local stack; nothing about the database is
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -70,9 +68,9 @@ def count_rows(conn: psycopg.Connection) -> tuple[int, int, int]:
 
 
 @pytest.fixture
-def service(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+def service(conn: psycopg.Connection) -> psycopg.Connection:
     act_as(conn, Identity.service())
-    yield conn
+    return conn
 
 
 # --- bulk_upsert -------------------------------------------------------------------------------
@@ -344,7 +342,8 @@ def test_hybrid_search_fuses_full_text_and_vector_rankings(service: psycopg.Conn
     rows = call(service, "hybrid_search", query_text="vacuum storage", query_embedding=query, match_count=3)
     assert rows[0]["external_id"] == "both"
     assert {r["external_id"] for r in rows} == {"both", "vector_only", "text_only"}
-    assert rows[0]["full_text_rank"] is not None and rows[0]["semantic_rank"] is not None
+    assert rows[0]["full_text_rank"] is not None
+    assert rows[0]["semantic_rank"] is not None
 
     semantic_only = call(
         service,
