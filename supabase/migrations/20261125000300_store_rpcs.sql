@@ -328,13 +328,13 @@ begin
     coalesce(bulk_upsert.embeddings[i.n], ((nullif((i.doc -> 'embedding')::jsonb, 'null'::jsonb))::text)::extensions.vector)
   from pg_catalog.json_array_elements(bulk_upsert.documents) with ordinality as i(doc, n);
 
-  select b.ordinal, b.external_id, 'appears more than once in this batch (first at ' || min(o.ordinal) || ')' as problem
+  select b.ordinal, b.external_id, 'appears more than once in this batch (first at ' || b.first_at || ')' as problem
     into bad
-    from pg_temp.supa_vectors_batch b
-    join pg_temp.supa_vectors_batch o
-      on o.external_id = b.external_id and o.owner_id is not distinct from b.owner_id and o.ordinal < b.ordinal
-    group by b.ordinal, b.external_id
-    order by b.ordinal limit 1;
+    from (select x.ordinal, x.external_id,
+                 min(x.ordinal) over (partition by x.owner_id, x.external_id) as first_at
+            from pg_temp.supa_vectors_batch x) b
+   where b.ordinal > b.first_at
+   order by b.ordinal limit 1;
   if found then
     raise exception using errcode = '22023',
       message = pg_catalog.format('document %s (external_id %s): %s', bad.ordinal,
