@@ -2,9 +2,15 @@
 
 The public API is what ``__all__`` lists; everything in underscore-free submodules
 that is not re-exported here may change without notice.
+
+``import supa_vectors`` stays light: the embedders (onnxruntime, tokenizers) and the direct
+Postgres transport (psycopg) are imported on first access of their names.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from supa_vectors.errors import (
     AuthError,
@@ -21,22 +27,75 @@ from supa_vectors.errors import (
     QueryTimeoutError,
     SupaVectorsError,
 )
+from supa_vectors.filters import Filter, validate_filter
+from supa_vectors.models import (
+    Document,
+    HybridSearchResult,
+    SearchResult,
+    StoredDocument,
+    StoreStats,
+    UpsertResult,
+)
+from supa_vectors.store import AsyncVectorStore, VectorStore
+from supa_vectors.transport.base import AsyncTransport, Transport
+from supa_vectors.transport.identity import Identity
+
+if TYPE_CHECKING:
+    from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPostgresTransport",
+    "AsyncTransport",
+    "AsyncVectorStore",
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
     "ConfigurationError",
+    "Document",
     "DocumentError",
+    "Embedder",
     "EmbeddingError",
+    "Filter",
     "FilterError",
+    "HybridSearchResult",
+    "Identity",
     "InvalidInputError",
     "LocalStackError",
     "ModelMismatchError",
     "NotFoundError",
+    "OnnxEmbedder",
+    "PostgresTransport",
     "QueryTimeoutError",
+    "SearchResult",
+    "StoreStats",
+    "StoredDocument",
     "SupaVectorsError",
+    "Transport",
+    "UpsertResult",
+    "VectorStore",
     "__version__",
+    "validate_filter",
 ]
+
+# name -> module it is imported from on first access
+_LAZY = {
+    "Embedder": "supa_vectors.embedding",
+    "OnnxEmbedder": "supa_vectors.embedding",
+    "PostgresTransport": "supa_vectors.transport.postgres",
+    "AsyncPostgresTransport": "supa_vectors.transport.postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supa_vectors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

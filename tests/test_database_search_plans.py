@@ -107,7 +107,8 @@ def search(
 ) -> list[str]:
     extra = "".join(f", {name} => {int(value)}" for name, value in tuning.items())
     rows = conn.execute(
-        f"select external_id from public.match_documents(query_embedding => %s, match_count => 10, filter => %s{extra})",
+        "select external_id from public.match_documents("
+        f"query_embedding => %s, match_count => 10, filter => %s{extra})",
         [query, Jsonb(filter)],
     ).fetchall()
     return [r[0] for r in rows]
