@@ -110,3 +110,16 @@ def test_store_settings_are_seeded(conn: psycopg.Connection) -> None:
     assert settings[0]["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert settings[0]["embedding_dimension"] == 384
     assert settings[0]["schema_version"] == 1
+
+
+def test_signed_in_users_hold_only_row_level_privileges(conn: psycopg.Connection) -> None:
+    # TRUNCATE ignores Row Level Security; Supabase's default privileges would grant it.
+    granted = rows(
+        conn,
+        """select c.relname, p.privilege_type from pg_class c,
+                  unnest(array['TRUNCATE', 'REFERENCES', 'TRIGGER']) as p(privilege_type)
+            where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')
+              and (has_table_privilege('authenticated', c.oid, p.privilege_type)
+                   or has_table_privilege('service_role', c.oid, p.privilege_type))""",
+    )
+    assert granted == []

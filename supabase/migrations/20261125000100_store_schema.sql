@@ -187,9 +187,10 @@ create policy metadata_global_select on public.metadata_global
   using (true);
 
 -- ---------------------------------------------------------------------------------------------
--- Grants. Supabase's default privileges hand every new table in public to anon; take that back.
+-- Grants. Supabase's default privileges hand every new table in public to anon, authenticated and
+-- service_role with ALL privileges, TRUNCATE (which ignores RLS) included; start from nothing.
 revoke all on public.documents, public.embeddings, public.document_metadata, public.metadata_global
-  from anon, public;
+  from anon, authenticated, service_role, public;
 grant select, insert, update, delete on public.documents, public.embeddings, public.document_metadata
   to authenticated, service_role;
 grant select on public.metadata_global to authenticated;
