@@ -4,7 +4,7 @@
 -- Every function is SECURITY INVOKER (the default, so Row Level Security applies to the caller) with
 -- an empty search_path and fully qualified names. Errors use SQLSTATE 22023 (bad input) or 54000
 -- (a limit exceeded) with a message that names the offending record or filter clause; PostgREST
--- turns both into HTTP 400 with the same code and message.
+-- passes code and message through (as HTTP 400 and 500 respectively).
 
 create function supa_vectors_internal.setting(setting_key text)
 returns jsonb

@@ -1,0 +1,768 @@
+"""The PostgREST transport: RPCs over HTTP through supabase-py, as the app's own user.
+
+Apps that already hold a ``supabase.Client`` (signed in, so its JWT carries the user's id) pass it
+in, and every RPC runs under that user's Row Level Security, exactly as the app's own queries do.
+The request itself is built by supabase-py (``client.postgrest.rpc(name, params).execute()``), so
+URL, ``apikey``/``Authorization`` headers and schema profile are whatever the client would send.
+
+Three things supabase-py does not give us, and why this module adds them:
+
+* The HTTP status. ``APIError`` carries PostgREST's ``code`` but not the status, and a JSON error
+  without a ``code`` (the API gateway's ``401 {"message": "Invalid API key"}``, a rate limiter's
+  429) would be indistinguishable from a database failure. A response hook records the last
+  response of the call (in a ``ContextVar``, so concurrent calls never see each other's).
+* Strict bodies. supabase-py returns a non-JSON 2xx body as a ``str`` in ``data``; a proxy's HTML
+  page must be an error, not a "result".
+* Retries that are safe. postgrest-py retries only GET/HEAD and sleeps for real; RPCs are POSTs.
+  We retry idempotent RPCs on transient failures, and any RPC when the failure proves the call
+  never ran (see ``_Retry``).
+
+Everything that does no I/O (encoding, decoding, error mapping, retry policy) is a plain function
+shared by the blocking and the asyncio classes, which only do the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import enum
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, cast
+
+import httpx
+import numpy as np
+from postgrest import APIError
+from supabase import AsyncClient, AsyncClientOptions, Client, ClientOptions
+
+from supa_vectors.errors import (
+    AuthError,
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    DocumentError,
+    InvalidInputError,
+    NotFoundError,
+    SupaVectorsError,
+)
+from supa_vectors.transport.base import SCALAR_RPCS, error_for_sqlstate
+from supa_vectors.transport.identity import Identity
+
+__all__ = ["DEFAULT_TIMEOUT", "IDEMPOTENT_RPCS", "AsyncPostgrestTransport", "PostgrestTransport"]
+
+logger = logging.getLogger(__name__)
+
+# RPCs that may be sent again after a failure that leaves us not knowing whether they ran.
+# Reads are obviously safe (match_documents and hybrid_search are VOLATILE only because they
+# set hnsw.* for their own statement). bulk_upsert is keyed by (owner, external_id) and compares
+# content hashes, so replaying a batch converges to the same rows; delete_documents of ids already
+# deleted deletes nothing. In both, a replay after a lost response reports what the *replay* did
+# ("unchanged", fewer deleted rows), not the first attempt. begin_bulk_load / finish_bulk_load drop
+# and build an index (DDL that can outlive our timeout), so they are never replayed blindly.
+IDEMPOTENT_RPCS = frozenset(
+    {
+        "match_documents",
+        "hybrid_search",
+        "get_documents",
+        "list_documents",
+        "count_documents",
+        "store_stats",
+        "store_settings",
+        "bulk_upsert",
+        "delete_documents",
+    }
+)
+
+# supabase-py's default is 120 s for everything; a search should fail over to the cache long
+# before that, while a 500-document bulk_upsert still fits comfortably in a minute.
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+_VECTOR_COLUMNS = frozenset({"embedding"})
+_SNIPPET = 200
+
+
+# ------------------------------------------------------------------------------------------------
+# Retry policy
+
+
+class _Retry(enum.Enum):
+    """How safe it is to send a failed call again."""
+
+    NEVER = "never"
+    # The call may have run (response lost, proxy timed out): only idempotent RPCs are replayed.
+    IF_IDEMPOTENT = "if_idempotent"
+    # The call provably did not run or was rolled back (no connection, pool exhausted, rate
+    # limited at the gateway, serialization failure): any RPC may be sent again.
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: SupaVectorsError
+    retry: _Retry
+    cause: BaseException | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _RetryPolicy:
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not (self.backoff_base >= 0 and self.backoff_max >= 0):
+            raise ConfigurationError("backoff_base and backoff_max must be >= 0 seconds")
+
+    def delay(self, name: str, attempt: int, failure: _Failure, rand: float) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None when the failure is final.
+
+        Equal jitter (half fixed, half random) keeps the exponential growth visible while still
+        spreading out clients that failed together.
+        """
+        if attempt >= self.max_attempts or failure.retry is _Retry.NEVER:
+            return None
+        if failure.retry is _Retry.IF_IDEMPOTENT and name not in IDEMPOTENT_RPCS:
+            return None
+        if failure.retry_after is not None:
+            return min(failure.retry_after, self.backoff_max)
+        cap = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        return cap / 2 + rand * cap / 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameter encoding
+
+
+def _encode_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn the store's parameters into plain JSON values before supabase-py sees them.
+
+    postgrest-py's encoder rejects numpy types and NaN with TypeError/ValueError from deep inside
+    ``execute()``; failing here names the parameter and sends nothing.
+    """
+    encoded = {
+        key: _to_json(value, key)
+        for key, value in params.items()
+        if not (name == "bulk_upsert" and key == "embeddings")
+    }
+    if name == "bulk_upsert" and params.get("embeddings") is not None:
+        encoded["documents"] = _merge_embeddings(params.get("documents"), params["embeddings"])
+    return encoded
+
+
+def _merge_embeddings(documents: Any, embeddings: Any) -> list[Any]:
+    """Move vector i into document i's ``"embedding"``.
+
+    ``bulk_upsert(documents json, embeddings vector[])`` takes either; the binary ``vector[]`` is
+    for the Postgres transport, while over JSON a per-document array keeps each vector next to the
+    record the server names in its errors.
+    """
+    if not isinstance(documents, Sequence) or isinstance(documents, (str, bytes)):
+        raise InvalidInputError("bulk_upsert: documents must be a list of objects")
+    vectors = list(embeddings)
+    if len(vectors) != len(documents):
+        raise InvalidInputError(
+            f"bulk_upsert: {len(vectors)} embeddings for {len(documents)} documents; "
+            "pass one embedding (or None) per document"
+        )
+    merged: list[Any] = []
+    for index, (document, vector) in enumerate(zip(documents, vectors, strict=True)):
+        if not isinstance(document, Mapping):
+            raise DocumentError(f"document {index + 1}: is not a JSON object", index=index, document_id=None)
+        record = {key: _to_json(value, f"documents[{index}].{key}") for key, value in document.items()}
+        if vector is not None:
+            external_id = document.get("external_id")
+            try:
+                # Worded like the server's own check, which names the record the same way.
+                record["embedding"] = _vector_to_list(vector, "embedding")
+            except InvalidInputError as exc:
+                raise DocumentError(
+                    f"document {index + 1} (external_id {external_id}): {exc}",
+                    index=index,
+                    document_id=external_id if isinstance(external_id, str) else None,
+                ) from None
+        merged.append(record)
+    return merged
+
+
+def _vector_to_list(value: Any, where: str) -> list[Any]:
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.ndim != 1:
+        raise InvalidInputError(f"{where} must be a 1-dimensional array of numbers")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError(
+            f"{where} must contain only finite numbers (NaN and Infinity are not JSON numbers)"
+        )
+    # float32.tolist() gives the exact float32 values as Python floats, which pgvector's vector_in
+    # parses back to the same float32 bits.
+    return cast(list[Any], array.tolist())
+
+
+def _to_json(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{where} must be a finite number, got {value}")
+        return value
+    if isinstance(value, np.ndarray):
+        if value.ndim == 1 and value.dtype.kind in "fiu":
+            return _vector_to_list(value, where)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise InvalidInputError(f"{where} must contain only finite numbers")
+        return _to_json(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return _to_json(value.item(), where)
+    if isinstance(value, Mapping):
+        return {str(key): _to_json(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return _to_json(float(value), where)
+    raise InvalidInputError(f"{where}: a {type(value).__name__} cannot be sent as JSON")
+
+
+# ------------------------------------------------------------------------------------------------
+# Result decoding
+
+
+def _decode_success(name: str, status: int, content: bytes) -> Any:
+    """Parse a 2xx body; anything that is not the JSON the RPC returns is a backend error."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        raise BackendError(
+            f"PostgREST answered rpc {name} with HTTP {status} and a body that is not JSON: "
+            f"{_snippet(content)}",
+            code=str(status),
+        ) from None
+    return _decode_value(name, value)
+
+
+def _decode_value(name: str, value: Any) -> Any:
+    if name in SCALAR_RPCS:
+        if isinstance(value, str):
+            raise BackendError(f"PostgREST answered rpc {name} with unexpected text: {value[:_SNIPPET]!r}")
+        return value
+    if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+        raise BackendError(
+            f"PostgREST answered rpc {name} with {type(value).__name__}, not a list of rows: "
+            f"{_snippet(json.dumps(value).encode())}"
+        )
+    rows = cast(list[dict[str, Any]], value)
+    for row in rows:
+        for column in _VECTOR_COLUMNS.intersection(row):
+            row[column] = _parse_vector(name, row[column])
+    return rows
+
+
+def _parse_vector(name: str, value: Any) -> Any:
+    """pgvector's text form ``"[1,2,3]"`` (what PostgREST sends) -> float32 ndarray, as from Postgres."""
+    if value is None:
+        return None
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in items
+        ):
+            raise ValueError("not a list of numbers")
+        return np.asarray(items, dtype=np.float32)
+    except ValueError:
+        raise BackendError(
+            f"PostgREST answered rpc {name} with an embedding that is not a vector: {str(value)[:_SNIPPET]!r}"
+        ) from None
+
+
+def _snippet(content: bytes) -> str:
+    text = content.decode("utf-8", errors="replace").strip()
+    return repr(text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else "")) if text else "(empty body)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Error mapping
+
+_UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504, 520, 521, 522, 523, 524})
+# PostgREST's own "could not reach the database" codes: the request never got a connection.
+_NOT_EXECUTED_CODES = frozenset({"PGRST000", "PGRST002", "PGRST003"})
+# A serialization failure or deadlock rolls back PostgREST's per-request transaction.
+_ROLLED_BACK_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _error_body(content: bytes) -> dict[str, Any] | None:
+    """The PostgREST error object, or None when the body is something else (HTML, truncated...)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not ({"code", "message"} & body.keys()):
+        return None
+    if not all(body.get(key) is None or isinstance(body[key], str) for key in ("code", "message")):
+        return None
+    return cast(dict[str, Any], body)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: rare from these servers; fall back to our own backoff
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _status_error(status: int, message: str) -> BackendError | None:
+    if status in (401, 403):
+        return AuthError(message, code=str(status))
+    if status == 404:
+        return NotFoundError(message, code=str(status))
+    if status in _UNAVAILABLE_STATUSES:
+        return BackendUnavailableError(message, code=str(status))
+    return None
+
+
+def _failure_from_response(
+    name: str, status: int, headers: Mapping[str, str], content: bytes, cause: BaseException | None
+) -> _Failure:
+    """Map one non-2xx answer to our exception tree and say whether it may be retried."""
+    body = _error_body(content)
+    retry_after = _retry_after(headers)
+    code = body.get("code") if body else None
+    if body is not None and code:
+        failure = _failure_from_code(name, status, code, body)
+        return _Failure(failure.error, failure.retry, cause, retry_after)
+
+    # Not PostgREST speaking: a gateway, proxy or load balancer answered. The status is all we know.
+    if body is not None:
+        what = f"HTTP {status}: {body.get('message')}"
+        if body.get("hint"):
+            what += f" ({body['hint']})"
+    else:
+        what = f"HTTP {status} with a body that is not a PostgREST error: {_snippet(content)}"
+    message = f"rpc {name} failed: {what}"
+    if 300 <= status < 400 and headers.get("location"):
+        message += f"; redirected to {headers['location']} (use that URL)"
+    if status == 404:
+        message += "; is the URL the project's API URL (https://<ref>.supabase.co)?"
+    error = _status_error(status, message)
+    if error is None:
+        return _Failure(BackendError(message, code=str(status)), _Retry.NEVER, cause)
+    if status == 429:
+        retry = _Retry.ALWAYS  # refused before it reached PostgREST
+    elif isinstance(error, BackendUnavailableError):
+        retry = _Retry.IF_IDEMPOTENT
+    else:
+        retry = _Retry.NEVER
+    return _Failure(error, retry, cause, retry_after)
+
+
+def _failure_from_code(name: str, status: int | None, code: str, body: Mapping[str, Any]) -> _Failure:
+    message = str(body.get("message") or f"rpc {name} failed")
+    details = _text(body.get("details"))
+    hint = _text(body.get("hint"))
+    if code.startswith("PGRST"):
+        text = message + (f" ({details})" if details else "") + (f" Hint: {hint}" if hint else "")
+        if code in _NOT_EXECUTED_CODES:
+            return _Failure(BackendUnavailableError(text, code=code), _Retry.ALWAYS)
+        if code == "PGRST001":
+            return _Failure(BackendUnavailableError(text, code=code), _Retry.IF_IDEMPOTENT)
+        if code in {"PGRST301", "PGRST302", "PGRST303"} or status in (401, 403):
+            return _Failure(AuthError(text, code=code), _Retry.NEVER)
+        if code in {"PGRST202", "PGRST205"}:
+            text += " Are the supa-vectors migrations applied to this project (supabase db push)?"
+            return _Failure(NotFoundError(text, code=code), _Retry.NEVER)
+        return _Failure(BackendError(text, code=code), _Retry.NEVER)
+
+    # A database error: the same SQLSTATE maps to the same exception as over the Postgres transport.
+    error = error_for_sqlstate(code, message, detail=details)
+    if status in (401, 403) and not isinstance(error, AuthError):
+        # PostgREST answers 401/403 only for authorization failures, whatever the SQLSTATE
+        # (e.g. 22023 "role ... does not exist" for a JWT whose role is unknown).
+        error = AuthError(str(error), code=code)
+    elif type(error) is BackendError and status is not None:
+        error = _status_error(status, str(error)) or error
+        error.code = code
+    if code in _ROLLED_BACK_SQLSTATES:
+        retry = _Retry.ALWAYS
+    elif isinstance(error, BackendUnavailableError):
+        retry = _Retry.IF_IDEMPOTENT
+    else:
+        retry = _Retry.NEVER
+    return _Failure(error, retry)
+
+
+def _failure_from_exception(name: str, exc: Exception, response: httpx.Response | None) -> _Failure:
+    """Map whatever ``execute()`` raised; nothing from supabase-py, postgrest-py or httpx escapes."""
+    if response is not None and not response.is_success:
+        return _failure_from_response(name, response.status_code, response.headers, response.content, exc)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        # No connection was made (or none was free): the request was never sent.
+        return _Failure(
+            BackendUnavailableError(f"rpc {name}: cannot connect to PostgREST ({type(exc).__name__}: {exc})"),
+            _Retry.ALWAYS,
+            exc,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure(
+            BackendUnavailableError(
+                f"rpc {name}: PostgREST did not answer in time ({type(exc).__name__}); "
+                "the call may still have run"
+            ),
+            _Retry.IF_IDEMPOTENT,
+            exc,
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return _Failure(ConfigurationError(f"rpc {name}: bad PostgREST URL: {exc}"), _Retry.NEVER, exc)
+    if isinstance(exc, httpx.TransportError):
+        return _Failure(
+            BackendUnavailableError(
+                f"rpc {name}: connection to PostgREST failed ({type(exc).__name__}: {exc}); "
+                "the call may still have run"
+            ),
+            _Retry.IF_IDEMPOTENT,
+            exc,
+        )
+    if isinstance(exc, APIError):
+        # An error whose response our hook did not see: map from the fields it carries. When the
+        # body was not PostgREST JSON, postgrest-py puts the HTTP status in ``code``.
+        code = exc.code if isinstance(exc.code, str) else None
+        fields = {"message": exc.message, "details": exc.details, "hint": exc.hint}
+        if code and len(code) == 3 and code.isdigit():
+            return _failure_from_response(name, int(code), {}, str(exc.details or "").encode(), exc)
+        if code:
+            failure = _failure_from_code(name, None, code, fields)
+            return _Failure(failure.error, failure.retry, exc)
+        return _Failure(BackendError(f"rpc {name} failed: {exc.message}"), _Retry.NEVER, exc)
+    return _Failure(BackendError(f"rpc {name} failed: {type(exc).__name__}: {exc}"), _Retry.NEVER, exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Identity
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified: PostgREST verifies it; we only need a cache label."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (ValueError, binascii.Error):
+        return None
+    return cast(dict[str, Any], claims) if isinstance(claims, dict) else None
+
+
+def _fingerprint(authorization: str | None, api_key: str | None) -> str:
+    """Label the caller by the JWT's role and subject, like ``Identity.fingerprint``.
+
+    Using the same formula as the Postgres transport's ``Identity`` means one user (or the service
+    role) gets the same cache entries over either transport. A token that is not a JWT (the new
+    ``sb_...`` API keys) is hashed instead, so no secret ever reaches a log line or a cache key.
+    """
+    token = authorization or ""
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    claims = _jwt_claims(token) if token else None
+    if claims is not None:
+        role = claims.get("role")
+        sub = claims.get("sub")
+        if isinstance(role, str) and role:
+            label: dict[str, Any] = {"role": role}
+            if sub is not None:
+                label["sub"] = str(sub)
+            # Identity's role is a Literal of Supabase's roles; a custom role hashes the same way.
+            return Identity(cast(Any, role), label).fingerprint()
+    secret = token or api_key or ""
+    return hashlib.sha256(b"supa-vectors:opaque-key\x00" + secret.encode()).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------------------------------------
+# Observing the response behind execute()
+
+_last_response: ContextVar[httpx.Response | None] = ContextVar(
+    "supa_vectors_postgrest_response", default=None
+)
+
+
+def _record_response(response: httpx.Response) -> None:
+    _last_response.set(response)
+
+
+async def _arecord_response(response: httpx.Response) -> None:
+    _last_response.set(response)
+
+
+def _observe(session: httpx.Client | httpx.AsyncClient, hook: Callable[[httpx.Response], Any]) -> None:
+    """Add our response hook to the session once; supabase-py builds a new session on auth events."""
+    hooks = session.event_hooks["response"]
+    if hook not in hooks:
+        hooks.append(hook)
+
+
+def _check_client_schema(options: Any) -> None:
+    schema = getattr(options, "schema", "public")
+    if schema != "public":
+        raise ConfigurationError(
+            f"the supa-vectors RPCs live in schema public, but this client calls schema {schema!r}; "
+            "pass a client created with ClientOptions(schema='public')"
+        )
+
+
+def _check_own_client_args(url: str | None, key: str | None) -> tuple[str, str]:
+    if not url or not key:
+        raise ConfigurationError(
+            "PostgREST transport needs either a supabase client or both url= and key= "
+            "(the project URL and its anon/publishable or service key)"
+        )
+    return url, key
+
+
+def _as_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
+    # supabase-py's postgrest_client_timeout goes through int(): 0.5 s becomes 0 (every call times
+    # out) and it warns that the option is deprecated, so the timeout is set on our httpx client.
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(float(timeout))
+
+
+# ------------------------------------------------------------------------------------------------
+# The transports
+
+
+class PostgrestTransport:
+    """Blocking transport over PostgREST; see the module docstring for what it adds to supabase-py."""
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        url: str | None = None,
+        key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_attempts: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Use the app's ``client`` (its JWT decides what RLS lets through), or build one from url/key.
+
+        ``timeout`` applies only to a client built here; an app's own client keeps the timeouts the
+        app gave its httpx client (``ClientOptions(httpx_client=httpx.Client(timeout=...))``).
+        """
+        self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
+        self._sleep = sleep
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._http: httpx.Client | None = None
+        self._closed = False
+        if client is not None:
+            if url is not None or key is not None or timeout is not None:
+                raise ConfigurationError(
+                    "pass either a supabase client or url=/key=/timeout=, not both; configure the "
+                    "timeout on the client's httpx client"
+                )
+            if not isinstance(client, Client):
+                raise ConfigurationError(
+                    f"PostgrestTransport needs a supabase.Client, got {type(client).__name__} "
+                    "(use AsyncPostgrestTransport for supabase.AsyncClient)"
+                )
+            _check_client_schema(client.options)
+            self._client = client
+            return
+        url, key = _check_own_client_args(url, key)
+        http = httpx.Client(timeout=_as_timeout(timeout))
+        try:
+            self._client = Client(
+                url, key, ClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False)
+            )
+        except Exception as exc:
+            http.close()
+            raise ConfigurationError(f"cannot create a supabase client for {url!r}: {exc}") from exc
+        self._http = http
+
+    @property
+    def identity_fingerprint(self) -> str:
+        # Read per call: a sign-in or token refresh changes who the next call runs as.
+        headers = self._client.postgrest.headers
+        return _fingerprint(headers.get("authorization"), headers.get("apikey"))
+
+    def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
+        """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
+        if self._closed:
+            raise ConfigurationError("this PostgrestTransport is closed")
+        payload = _encode_params(name, params)
+        attempt = 1
+        while True:
+            outcome = self._attempt(name, payload)
+            if not isinstance(outcome, _Failure):
+                return outcome.value
+            delay = self._policy.delay(name, attempt, outcome, self._random.random())
+            if delay is None:
+                raise outcome.error from outcome.cause
+            _log_retry(name, outcome, attempt, self._policy.max_attempts, delay)
+            self._sleep(delay)
+            attempt += 1
+
+    def _attempt(self, name: str, payload: dict[str, Any]) -> _Result | _Failure:
+        _last_response.set(None)
+        try:
+            postgrest = self._client.postgrest
+            _observe(postgrest.session, _record_response)
+            result = postgrest.rpc(name, payload).execute()
+        except Exception as exc:
+            return _failure_from_exception(name, exc, _last_response.get())
+        return _result(name, _last_response.get(), result)
+
+    def close(self) -> None:
+        """Close the HTTP connections of a client built here; an app's own client stays the app's."""
+        self._closed = True
+        if self._http is not None:
+            self._http.close()
+
+    def __enter__(self) -> PostgrestTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncPostgrestTransport:
+    """Asyncio twin of :class:`PostgrestTransport`."""
+
+    def __init__(
+        self,
+        client: AsyncClient | None = None,
+        *,
+        url: str | None = None,
+        key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_attempts: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """See :class:`PostgrestTransport`; ``sleep`` defaults to ``asyncio.sleep``."""
+        self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
+        self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._http: httpx.AsyncClient | None = None
+        self._closed = False
+        if client is not None:
+            if url is not None or key is not None or timeout is not None:
+                raise ConfigurationError(
+                    "pass either a supabase client or url=/key=/timeout=, not both; configure the "
+                    "timeout on the client's httpx client"
+                )
+            if not isinstance(client, AsyncClient):
+                raise ConfigurationError(
+                    f"AsyncPostgrestTransport needs a supabase.AsyncClient, got {type(client).__name__} "
+                    "(use PostgrestTransport for supabase.Client)"
+                )
+            _check_client_schema(client.options)
+            self._client = client
+            return
+        url, key = _check_own_client_args(url, key)
+        http = httpx.AsyncClient(timeout=_as_timeout(timeout))
+        try:
+            self._client = AsyncClient(
+                url,
+                key,
+                AsyncClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False),
+            )
+        except Exception as exc:
+            raise ConfigurationError(f"cannot create a supabase client for {url!r}: {exc}") from exc
+        self._http = http
+
+    @property
+    def identity_fingerprint(self) -> str:
+        headers = self._client.postgrest.headers
+        return _fingerprint(headers.get("authorization"), headers.get("apikey"))
+
+    async def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
+        """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
+        if self._closed:
+            raise ConfigurationError("this AsyncPostgrestTransport is closed")
+        payload = _encode_params(name, params)
+        attempt = 1
+        while True:
+            outcome = await self._attempt(name, payload)
+            if not isinstance(outcome, _Failure):
+                return outcome.value
+            delay = self._policy.delay(name, attempt, outcome, self._random.random())
+            if delay is None:
+                raise outcome.error from outcome.cause
+            _log_retry(name, outcome, attempt, self._policy.max_attempts, delay)
+            await self._sleep(delay)
+            attempt += 1
+
+    async def _attempt(self, name: str, payload: dict[str, Any]) -> _Result | _Failure:
+        _last_response.set(None)
+        try:
+            postgrest = self._client.postgrest
+            _observe(postgrest.session, _arecord_response)
+            result = await postgrest.rpc(name, payload).execute()
+        except Exception as exc:
+            return _failure_from_exception(name, exc, _last_response.get())
+        return _result(name, _last_response.get(), result)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of a client built here; an app's own client stays the app's."""
+        self._closed = True
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncPostgrestTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+@dataclass(frozen=True)
+class _Result:
+    value: Any
+
+
+def _result(name: str, response: httpx.Response | None, api_response: Any) -> _Result | _Failure:
+    """Decode a successful ``execute()`` from the raw body when we saw it, else from ``.data``."""
+    try:
+        if response is not None:
+            return _Result(_decode_success(name, response.status_code, response.content))
+        return _Result(_decode_value(name, getattr(api_response, "data", None)))
+    except BackendError as exc:
+        return _Failure(exc, _Retry.NEVER)
+
+
+def _log_retry(name: str, failure: _Failure, attempt: int, max_attempts: int, delay: float) -> None:
+    # Only our own message: it never contains request headers, so no key or JWT reaches the log.
+    logger.warning(
+        "rpc %s attempt %d of %d failed (%s: %s); retrying in %.2f s",
+        name,
+        attempt,
+        max_attempts,
+        type(failure.error).__name__,
+        failure.error,
+        delay,
+    )
