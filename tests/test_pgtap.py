@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from urllib.parse import urlsplit
 
 from supa_vectors.local import install_pgtap
 from tests.conftest import REPO_ROOT, empty_store
@@ -22,8 +23,22 @@ def test_pgtap_suites_pass(database_url: str) -> None:
     assert pg_prove, "pg_prove is missing: apt-get install libtap-parser-sourcehandler-pgtap-perl"
     files = sorted(str(p) for p in PGTAP_DIR.glob("*.test.sql"))
     assert files
+    # pg_prove ignores a URL given to --dbname; it needs the parts.
+    url = urlsplit(database_url)
     result = subprocess.run(
-        [pg_prove, "--dbname", database_url.split("?")[0], "--verbose", *files],
+        [
+            pg_prove,
+            "-h",
+            url.hostname or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "postgres",
+            "-d",
+            url.path.lstrip("/") or "postgres",
+            "--verbose",
+            *files,
+        ],
         capture_output=True,
         text=True,
         timeout=300,

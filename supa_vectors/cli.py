@@ -1,0 +1,151 @@
+"""The ``supa-vectors`` command.
+
+Each command group registers itself in ``build_parser`` through its own ``_add_<group>_commands``
+function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that groups
+added later (``search``, ``migrate``, ``model``) stay independent of each other. Every handler takes
+the parsed arguments and returns the exit code; ``main`` turns any ``SupaVectorsError`` into a
+one-line message on stderr and exit code 1.
+
+Machine-readable output goes to stdout (``local start`` and ``local url`` print only the URL, so
+``export DATABASE_URL=$(supa-vectors local start)`` works); progress notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from supa_vectors import __version__
+from supa_vectors.errors import LocalStackError, SupaVectorsError
+from supa_vectors.local import LocalStack
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supa-vectors",
+        description="Semantic document search persisted in Supabase (pgvector).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_local_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SupaVectorsError as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"supa-vectors: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("supa-vectors: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------------------------------
+# supa-vectors local ...
+
+
+def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="base directory of the local stack (default: $SUPA_VECTORS_LOCAL_DIR, else "
+        "/var/lib/supa-vectors/local as root, else the user data directory)",
+    )
+    migrations = argparse.ArgumentParser(add_help=False)
+    migrations.add_argument(
+        "--migrations-dir",
+        type=Path,
+        default=None,
+        help="migrations to apply (default: $SUPA_VECTORS_MIGRATIONS_DIR, else the shipped ones)",
+    )
+
+    local = commands.add_parser(
+        "local",
+        help="the embedded local Postgres + pgvector stack",
+        description="An embedded Postgres 18 + pgvector shaped like Supabase, on 127.0.0.1 only, with "
+        "trust authentication: for development and tests, never for production data.",
+    )
+    actions = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    specs: list[tuple[str, str, Handler, list[argparse.ArgumentParser]]] = [
+        (
+            "start",
+            "initialise if needed, start, apply pending migrations; print the URL",
+            _local_start,
+            [common, migrations],
+        ),
+        ("stop", "stop the server", _local_stop, [common]),
+        (
+            "status",
+            "print whether it runs, its URL, data directory and applied migrations",
+            _local_status,
+            [common],
+        ),
+        (
+            "reset",
+            "delete all data and start again from the migrations; print the URL",
+            _local_reset,
+            [common, migrations],
+        ),
+        ("url", "print the URL (exit 1 when not running)", _local_url, [common]),
+    ]
+    for name, help_text, handler, parents in specs:
+        action = actions.add_parser(name, help=help_text, description=help_text, parents=parents)
+        action.set_defaults(handler=handler)
+
+
+def _local_start(args: argparse.Namespace) -> int:
+    stack = LocalStack(args.data_dir, migrations_dir=args.migrations_dir)
+    if stack.url() is not None:
+        print("supa-vectors: the local stack is already running", file=sys.stderr)
+    print(stack.start())
+    return 0
+
+
+def _local_stop(args: argparse.Namespace) -> int:
+    LocalStack(args.data_dir).stop()
+    return 0
+
+
+def _local_status(args: argparse.Namespace) -> int:
+    status = LocalStack(args.data_dir).status()
+    print(f"status:     {'running' if status.running else 'stopped'}")
+    if status.url is not None:
+        print(f"url:        {status.url}")
+        print(f"pid:        {status.pid}")
+    print(f"data dir:   {status.data_dir}")
+    print(f"log file:   {status.log_file}")
+    if status.running:
+        latest = f" (latest {status.applied_migrations[-1]})" if status.applied_migrations else ""
+        print(f"migrations: {len(status.applied_migrations)} applied{latest}")
+    return 0
+
+
+def _local_reset(args: argparse.Namespace) -> int:
+    print(LocalStack(args.data_dir, migrations_dir=args.migrations_dir).reset())
+    return 0
+
+
+def _local_url(args: argparse.Namespace) -> int:
+    url = LocalStack(args.data_dir).url()
+    if url is None:
+        raise LocalStackError("the local stack is not running (start it with `supa-vectors local start`)")
+    print(url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
