@@ -1,0 +1,86 @@
+"""Every migration has a tested way back: apply -> roll back -> apply again gives the same schema.
+
+Runs on a scratch database of the session's stack (template1 carries the Supabase bootstrap), with
+both appliers: the real Supabase CLI and our own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from supa_vectors.local import applied_versions, apply_migrations, find_migrations_dir, rollback_last
+
+CATALOG_SNAPSHOT = """
+select 'function ' || p.pronamespace::regnamespace::text || '.' || p.proname
+       || '(' || pg_get_function_identity_arguments(p.oid) || ') ' || md5(pg_get_functiondef(p.oid))
+       || ' ' || coalesce(array_to_string(p.proacl, ','), '')
+  from pg_proc p where p.pronamespace::regnamespace::text in ('public', 'supa_vectors_internal')
+union all
+select 'index ' || indexdef from pg_indexes where schemaname = 'public'
+union all
+select 'policy ' || tablename || ' ' || policyname || ' ' || coalesce(qual, '') || coalesce(with_check, '')
+  from pg_policies where schemaname = 'public'
+union all
+select 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || c.relrowsecurity::text || ' '
+       || coalesce(array_to_string(c.relacl, ','), '')
+  from pg_class c where c.relnamespace = 'public'::regnamespace
+union all
+select 'column ' || table_name || '.' || column_name || ' ' || data_type
+       || ' ' || coalesce(column_default, '')
+       || ' ' || coalesce(generation_expression, '')
+  from information_schema.columns where table_schema = 'public'
+union all
+select 'setting ' || key || '=' || value::text from public.metadata_global
+order by 1
+"""
+
+
+def snapshot(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute(CATALOG_SNAPSHOT).fetchall()]
+
+
+def public_objects(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select (select count(*) from pg_class where relnamespace = 'public'::regnamespace)"
+            " + (select count(*) from pg_proc where pronamespace = 'public'::regnamespace)"
+            " + (select count(*) from pg_namespace where nspname = 'supa_vectors_internal')"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture(params=["builtin", "cli"])
+def scratch(
+    request: pytest.FixtureRequest, database_url: str
+) -> Iterator[tuple[str, Literal["builtin", "cli"]]]:
+    name = f"rollback_{request.param}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+        conn.execute(f"create database {name}")
+    parts = urlsplit(database_url)
+    yield urlunsplit(parts._replace(path=f"/{name}")), request.param
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+
+
+def test_apply_roll_back_apply_gives_the_same_schema(scratch: tuple[str, Literal["builtin", "cli"]]) -> None:
+    url, migrator = scratch
+    versions = sorted(p.name.split("_")[0] for p in find_migrations_dir().glob("*.sql"))
+    assert apply_migrations(url, migrator=migrator) == versions
+    first = snapshot(url)
+    assert any(line.startswith("function public.match_documents") for line in first)
+
+    for version in reversed(versions):
+        assert rollback_last(url) == version
+    assert applied_versions(url) == []
+    assert public_objects(url) == 0
+
+    assert apply_migrations(url, migrator=migrator) == versions
+    assert snapshot(url) == first
