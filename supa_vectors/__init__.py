@@ -41,6 +41,7 @@ from supa_vectors.transport.base import AsyncTransport, Transport
 from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
+    from supa_vectors.embedding import Embedder, OnnxEmbedder
     from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 
 __version__ = "0.1.0"

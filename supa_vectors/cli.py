@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from supa_vectors import __version__
+from supa_vectors._cli_search import add_search_parser
 from supa_vectors.errors import LocalStackError, SupaVectorsError
 from supa_vectors.local import LocalStack
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_local_commands(commands)
+    add_search_parser(commands)
     return parser
 
 

@@ -7,10 +7,14 @@ stack in a temporary directory and stops it at the end.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 import pytest
 from pgvector.psycopg.vector import register_vector_info
@@ -24,6 +28,8 @@ CORPUS = SHARED / "corpus"
 
 USER_A = "00000000-0000-4000-8000-00000000000a"
 USER_B = "00000000-0000-4000-8000-00000000000b"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +73,26 @@ def conn(clean_url: str) -> Iterator[psycopg.Connection]:
 def act_as(conn: psycopg.Connection, identity: Identity) -> None:
     """Switch role and JWT claims for the rest of the transaction, as PostgREST does per request."""
     conn.execute(SET_IDENTITY_SQL, identity.sql_params())
+
+
+class FakeEmbedder:
+    """Bag of words hashed into 384 dimensions, L2-normalised: texts sharing words are similar."""
+
+    def __init__(self, model_id: str = MODEL, dimension: int = DIM) -> None:
+        self.model_id = model_id
+        self.dimension = dimension
+        self.texts: list[str] = []
+        self.calls = 0
+
+    def vector(self, text: str) -> npt.NDArray[np.float32]:
+        out = np.zeros(self.dimension, dtype=np.float32)
+        for word in re.findall(r"\w+", text.lower()):
+            digest = hashlib.sha256(word.encode()).digest()
+            out[int.from_bytes(digest[:4], "little") % (self.dimension - 1)] += 1.0
+        out[-1] = 0.05  # never the zero vector
+        return out / np.linalg.norm(out)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        self.texts.extend(texts)
+        return np.stack([self.vector(t) for t in texts]).astype(np.float32)

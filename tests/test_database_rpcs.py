@@ -311,6 +311,14 @@ def test_filter_keys_and_values_are_data_never_sql(service: psycopg.Connection) 
     assert count_rows(service)[0] == 1
 
 
+def test_query_vector_of_another_dimension_is_an_error(
+    service: psycopg.Connection,
+) -> None:
+    error = sqlstate_of(service, "match_documents", query_embedding=np.ones(10, np.float32), filter={"a": 1})
+    assert error.diag.sqlstate == "22023"
+    assert "query_embedding has 10 dimensions; this store holds 384-dimensional vectors" in str(error)
+
+
 @pytest.mark.parametrize(("count", "state"), [(0, "22023"), (1001, "54000")])
 def test_result_size_is_capped_below_postgrest_limit(
     service: psycopg.Connection, count: int, state: str

@@ -152,9 +152,7 @@ def node(
 
 def value_info(name: str, elem_type: int, shape: Sequence[int | str]) -> bytes:
     """Encode a ValueInfoProto for a tensor; strings in ``shape`` are symbolic dimensions."""
-    dims = b"".join(
-        _bytes(1, _str(2, dim) if isinstance(dim, str) else _int(1, dim)) for dim in shape
-    )
+    dims = b"".join(_bytes(1, _str(2, dim) if isinstance(dim, str) else _int(1, dim)) for dim in shape)
     tensor_type = _int(1, elem_type) + _bytes(2, dims)
     return _str(1, name) + _bytes(2, _bytes(1, tensor_type))
 

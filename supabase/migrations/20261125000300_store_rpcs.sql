@@ -86,6 +86,13 @@ begin
   if query_embedding is null then
     raise exception using errcode = '22023', message = 'query_embedding must not be null';
   end if;
+  -- Postgres ignores the (384) of a parameter's type, so a wrong-sized vector would otherwise meet
+  -- an empty store or a narrow filter silently.
+  if extensions.vector_dims(query_embedding) <> (supa_vectors_internal.setting('embedding_dimension'))::integer then
+    raise exception using errcode = '22023', message = pg_catalog.format(
+      'query_embedding has %s dimensions; this store holds %s-dimensional vectors',
+      extensions.vector_dims(query_embedding), supa_vectors_internal.setting('embedding_dimension'));
+  end if;
   if match_threshold is not null and (match_threshold < -1 or match_threshold > 1) then
     raise exception using errcode = '22023',
       message = pg_catalog.format('match_threshold is %s; cosine similarity lies between -1 and 1', match_threshold);

@@ -1,0 +1,145 @@
+"""Which backend a store talks to, from a URL or the environment.
+
+``http(s)://`` is a Supabase project (PostgREST, needs a key); ``postgresql://``/``postgres://`` is a
+direct database connection. The environment is read in a fixed order so that a deployed app (with
+``SUPABASE_URL``) never silently falls back to a developer's local database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from supa_vectors.errors import ConfigurationError, SupaVectorsError
+from supa_vectors.transport.base import AsyncTransport, Transport
+from supa_vectors.transport.identity import Identity
+
+__all__ = [
+    "ENV_DATABASE_URL",
+    "ENV_SUPABASE_KEY",
+    "ENV_SUPABASE_URL",
+    "Target",
+    "async_transport_for",
+    "target_from_env",
+    "target_from_url",
+    "transport_for",
+]
+
+ENV_SUPABASE_URL = "SUPABASE_URL"
+ENV_SUPABASE_KEY = "SUPABASE_KEY"
+ENV_DATABASE_URL = "SUPA_VECTORS_DATABASE_URL"
+
+Kind = Literal["postgrest", "postgres"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved backend: the kind of transport, its URL and (PostgREST only) the API key."""
+
+    kind: Kind
+    url: str
+    key: str | None = None
+
+    def __repr__(self) -> str:
+        # Never print a key or a database password.
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return f"Target(kind={self.kind!r}, url='{parts.scheme}://{netloc}{parts.path}')"
+
+
+def target_from_url(url: str, key: str | None = None) -> Target:
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError("the URL is empty")
+    url = url.strip()
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        if not key:
+            raise ConfigurationError(
+                f"a Supabase URL ({scheme}://) needs an API key: pass key=, or set {ENV_SUPABASE_KEY}"
+            )
+        return Target("postgrest", url, key)
+    if scheme in ("postgresql", "postgres"):
+        if key:
+            raise ConfigurationError(
+                "a key is only used with a Supabase http(s):// URL; a postgresql:// URL carries its own "
+                "credentials"
+            )
+        return Target("postgres", url)
+    raise ConfigurationError(
+        f"unsupported URL scheme {scheme or '(none)'!r}: use https://<project>.supabase.co with a key, "
+        "or postgresql://user:password@host:port/database"
+    )
+
+
+def target_from_env(environ: Mapping[str, str] | None = None) -> Target:
+    """``SUPABASE_URL`` + ``SUPABASE_KEY``, else ``SUPA_VECTORS_DATABASE_URL``, else the local stack."""
+    env = os.environ if environ is None else environ
+    supabase_url = env.get(ENV_SUPABASE_URL, "").strip()
+    if supabase_url:
+        key = env.get(ENV_SUPABASE_KEY, "").strip()
+        if not key:
+            raise ConfigurationError(f"{ENV_SUPABASE_URL} is set but {ENV_SUPABASE_KEY} is not")
+        return target_from_url(supabase_url, key)
+    database_url = env.get(ENV_DATABASE_URL, "").strip()
+    if database_url:
+        return target_from_url(database_url)
+    return target_from_url(_local_stack_url())
+
+
+def _local_stack_url() -> str:
+    hint = (
+        f"set {ENV_SUPABASE_URL} and {ENV_SUPABASE_KEY}, or {ENV_DATABASE_URL}, "
+        "or start the local stack with `supa-vectors local start`"
+    )
+    try:
+        from supa_vectors.local import LocalStack
+    except ImportError as exc:
+        raise ConfigurationError(f"no backend configured: {hint}") from exc
+    try:
+        url = LocalStack().url()
+    except SupaVectorsError as exc:
+        raise ConfigurationError(
+            f"no backend configured and the local stack is not available ({exc}): {hint}"
+        ) from exc
+    if not url:
+        raise ConfigurationError(f"no backend configured and the local stack is not running: {hint}")
+    return str(url)
+
+
+def transport_for(target: Target, *, identity: Identity | None = None) -> Transport:
+    if target.kind == "postgres":
+        from supa_vectors.transport.postgres import PostgresTransport
+
+        return PostgresTransport(target.url, identity=identity)
+    _no_identity_over_http(identity)
+    try:
+        from supa_vectors.transport.postgrest import PostgrestTransport
+    except ImportError as exc:
+        raise ConfigurationError(f"the PostgREST transport is not available: {exc}") from exc
+    return PostgrestTransport(url=target.url, key=target.key)
+
+
+def async_transport_for(target: Target, *, identity: Identity | None = None) -> AsyncTransport:
+    if target.kind == "postgres":
+        from supa_vectors.transport.postgres import AsyncPostgresTransport
+
+        return AsyncPostgresTransport(target.url, identity=identity)
+    _no_identity_over_http(identity)
+    try:
+        from supa_vectors.transport.postgrest import AsyncPostgrestTransport
+    except ImportError as exc:
+        raise ConfigurationError(f"the PostgREST transport is not available: {exc}") from exc
+    return AsyncPostgrestTransport(url=target.url, key=target.key)
+
+
+def _no_identity_over_http(identity: Identity | None) -> None:
+    if identity is not None:
+        raise ConfigurationError(
+            "identity= applies to postgresql:// URLs; over PostgREST the key (or a user's JWT) decides "
+            "who the calls run as"
+        )

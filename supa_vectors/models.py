@@ -1,0 +1,119 @@
+"""The values the SDK hands in and out: documents, search results, upsert outcomes, store statistics.
+
+They are pydantic models so a caller's dict is checked field by field, and so results print, compare
+and serialise (``model_dump``) without glue code. Everywhere a document's ``id`` is the caller's id (the
+database's ``external_id``); the database's own numeric key never leaves the SDK.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+__all__ = [
+    "Document",
+    "HybridSearchResult",
+    "SearchResult",
+    "StoreStats",
+    "StoredDocument",
+    "UpsertResult",
+    "UpsertStatus",
+]
+
+UpsertStatus = Literal["inserted", "updated", "unchanged"]
+
+
+class Document(BaseModel):
+    """A document to store: text, the caller's id (derived from the content when omitted) and metadata.
+
+    ``embedding`` is for callers that already hold this store's model's vector (a migration from another
+    store); it is used instead of running the embedder, and only when the content is new or changed.
+    """
+
+    # Unknown keys are refused rather than dropped: {"text": ...} is a typo, not a document without content.
+    model_config = ConfigDict(extra="forbid")
+
+    # Strict: bytes are not text (which encoding?), and a number is not an id.
+    id: StrictStr | None = None
+    content: StrictStr
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding: list[float] | None = Field(default=None, repr=False)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_metadata_is_empty(cls, value: Any) -> Any:
+        # JSON exports commonly write "metadata": null for "none".
+        return {} if value is None else value
+
+    @field_validator("embedding", mode="before")
+    @classmethod
+    def _array_to_list(cls, value: Any) -> Any:
+        # numpy arrays (what embedders return) are accepted without the caller calling .tolist().
+        tolist = getattr(value, "tolist", None)
+        return tolist() if callable(tolist) else value
+
+
+class StoredDocument(Document):
+    """A document as read back: adds what the store knows about it.
+
+    ``owner_id`` is None for a shared document (readable by every signed-in user, written by the
+    service role) and the owning user's id otherwise; one id can exist once per owner.
+    """
+
+    id: str
+    content_hash: str
+    owner_id: str | None = None
+    updated_at: datetime | None = None
+
+
+class SearchResult(BaseModel):
+    """One vector-search hit; ``similarity`` is the cosine similarity (1 = same direction)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    content: str
+    metadata: dict[str, Any]
+    similarity: float
+
+
+class HybridSearchResult(BaseModel):
+    """One hybrid-search hit, ordered by the reciprocal-rank-fusion ``score``.
+
+    A hit found by only one side has no rank (and, without a semantic rank, no similarity) on the other.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    content: str
+    metadata: dict[str, Any]
+    score: float
+    similarity: float | None = None
+    full_text_rank: int | None = None
+    semantic_rank: int | None = None
+
+
+class UpsertResult(BaseModel):
+    """What an upsert did to one document, in the order the documents were given."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: UpsertStatus
+
+
+class StoreStats(BaseModel):
+    """Counts of what the caller can see, the store's settings and whether the vector index exists."""
+
+    model_config = ConfigDict(frozen=True)
+
+    documents: int
+    shared_documents: int
+    embeddings: int
+    models: dict[str, int]
+    vector_index: bool
+    last_updated_at: datetime | None = None
+    settings: dict[str, Any]
