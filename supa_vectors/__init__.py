@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from supa_vectors.cache import CircuitBreaker, FlushResult, PendingWrite, SyncResult
 from supa_vectors.errors import (
     AuthError,
     BackendError,
@@ -29,6 +30,7 @@ from supa_vectors.errors import (
 )
 from supa_vectors.filters import Filter, validate_filter
 from supa_vectors.models import (
+    DeleteCount,
     Document,
     HybridSearchResult,
     SearchResult,
@@ -53,13 +55,16 @@ __all__ = [
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
+    "CircuitBreaker",
     "ConfigurationError",
+    "DeleteCount",
     "Document",
     "DocumentError",
     "Embedder",
     "EmbeddingError",
     "Filter",
     "FilterError",
+    "FlushResult",
     "HybridSearchResult",
     "Identity",
     "InvalidInputError",
@@ -67,12 +72,14 @@ __all__ = [
     "ModelMismatchError",
     "NotFoundError",
     "OnnxEmbedder",
+    "PendingWrite",
     "PostgresTransport",
     "QueryTimeoutError",
     "SearchResult",
     "StoreStats",
     "StoredDocument",
     "SupaVectorsError",
+    "SyncResult",
     "Transport",
     "UpsertResult",
     "VectorStore",

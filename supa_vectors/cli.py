@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from supa_vectors import __version__
+from supa_vectors._cli_migrate import add_migrate_parser
 from supa_vectors._cli_search import add_search_parser
 from supa_vectors.errors import LocalStackError, SupaVectorsError
 from supa_vectors.local import LocalStack
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_local_commands(commands)
     add_search_parser(commands)
+    add_migrate_parser(commands)
     return parser
 
 

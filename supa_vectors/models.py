@@ -13,8 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 __all__ = [
+    "DeleteCount",
     "Document",
     "HybridSearchResult",
+    "ResultSource",
     "SearchResult",
     "StoreStats",
     "StoredDocument",
@@ -22,7 +24,11 @@ __all__ = [
     "UpsertStatus",
 ]
 
-UpsertStatus = Literal["inserted", "updated", "unchanged"]
+# "queued": the backend was unreachable; the write waits in the store's outbox (``store.pending()``)
+# and is replayed by ``store.flush()`` or the next successful call.
+UpsertStatus = Literal["inserted", "updated", "unchanged", "queued"]
+# Where a search answer came from: the backend, the results cache, or the local mirror.
+ResultSource = Literal["backend", "cache", "mirror"]
 
 
 class Document(BaseModel):
@@ -77,6 +83,11 @@ class SearchResult(BaseModel):
     content: str
     metadata: dict[str, Any]
     similarity: float
+    # Offline answers: ``stale`` is true when the backend could not be asked (the answer is from the
+    # cache or the mirror, ``age_seconds`` old); a cache-first hit is ``source="cache"``, not stale.
+    source: ResultSource = "backend"
+    stale: bool = False
+    age_seconds: float | None = None
 
 
 class HybridSearchResult(BaseModel):
@@ -94,6 +105,9 @@ class HybridSearchResult(BaseModel):
     similarity: float | None = None
     full_text_rank: int | None = None
     semantic_rank: int | None = None
+    source: ResultSource = "backend"
+    stale: bool = False
+    age_seconds: float | None = None
 
 
 class UpsertResult(BaseModel):
@@ -103,6 +117,24 @@ class UpsertResult(BaseModel):
 
     id: str
     status: UpsertStatus
+
+
+class DeleteCount(int):
+    """How many documents ``delete`` removed; ``queued`` counts ids left in the outbox for later.
+
+    An ``int`` so existing ``store.delete(ids) == n`` code keeps working; with the backend unreachable it
+    is 0 (or what was deleted before the outage) and ``queued`` says how many deletions wait.
+    """
+
+    queued: int
+
+    def __new__(cls, deleted: int = 0, *, queued: int = 0) -> DeleteCount:
+        value = super().__new__(cls, deleted)
+        value.queued = queued
+        return value
+
+    def __repr__(self) -> str:
+        return f"DeleteCount({int(self)}, queued={self.queued})"
 
 
 class StoreStats(BaseModel):

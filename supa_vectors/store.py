@@ -4,12 +4,17 @@ The two are mirror images (like httpx's ``Client`` and ``AsyncClient``): every c
 parse lives in :mod:`supa_vectors._rpc` and :mod:`supa_vectors.filters`, and multi-step operations are
 generators there, so the stores only perform I/O — a transport call or an embedder run — and cannot drift
 apart. The async store runs the embedder in a worker thread so a large batch never blocks the event loop.
+
+Offline behaviour (results cache, circuit breaker, outbox, mirror) lives in :mod:`supa_vectors.cache`
+the same way: its flows yield the calls they need, and every call goes through the store's breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -29,6 +34,10 @@ from supa_vectors._rpc import (
     StoreSettings,
     SupportsSessionUserRpc,
 )
+from supa_vectors.cache.breaker import CircuitBreaker, is_outage
+from supa_vectors.cache.layer import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, CacheMode, OfflineLayer
+from supa_vectors.cache.mirror import SyncResult
+from supa_vectors.cache.outbox import FlushResult, PendingWrite
 from supa_vectors.config import async_transport_for, target_from_env, target_from_url, transport_for
 from supa_vectors.errors import (
     AuthError,
@@ -37,7 +46,14 @@ from supa_vectors.errors import (
     SupaVectorsError,
 )
 from supa_vectors.filters import Filter, validate_filter
-from supa_vectors.models import HybridSearchResult, SearchResult, StoredDocument, StoreStats, UpsertResult
+from supa_vectors.models import (
+    DeleteCount,
+    HybridSearchResult,
+    SearchResult,
+    StoredDocument,
+    StoreStats,
+    UpsertResult,
+)
 from supa_vectors.transport.base import AsyncTransport, Transport
 from supa_vectors.transport.identity import Identity
 
@@ -47,8 +63,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncVectorStore", "VectorStore"]
 
+logger = logging.getLogger("supa_vectors")
+
 T = TypeVar("T")
 Query = str | Sequence[float] | npt.NDArray[np.floating[Any]]
+CacheDir = str | os.PathLike[str] | None
 
 
 @runtime_checkable
@@ -89,13 +108,55 @@ def _use_bulk_path(bulk: bool | None, count: int) -> bool:
 
 
 class _StoreState:
-    """What both stores keep between calls: the embedder (created on first use) and the settings."""
+    """What both stores keep between calls: the embedder (created on first use), the settings, and the
+    offline layer (cache, breaker, outbox, mirror)."""
 
-    def __init__(self, embedder: EmbedderLike | None) -> None:
+    def __init__(
+        self,
+        embedder: EmbedderLike | None,
+        transport: object,
+        *,
+        cache_dir: CacheDir,
+        cache: CacheMode,
+        cache_ttl: float,
+        cache_size: int,
+        outbox: bool,
+        breaker: CircuitBreaker | None,
+    ) -> None:
         self._embedder = embedder
         self._embedder_checked = False
         self._settings: StoreSettings | None = None
         self._lock = threading.Lock()
+        self._offline = OfflineLayer(
+            transport,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker in front of the backend (``state``, ``failures``, ``retry_in()``)."""
+        return self._offline.breaker
+
+    @property
+    def cache_errors(self) -> int:
+        """How many cache or mirror failures (a corrupted or unreadable file) were reported and bypassed."""
+        return self._offline.cache_errors
+
+    def pending(self) -> list[PendingWrite]:
+        """The writes waiting in the outbox, oldest first, then those the server refused on replay.
+
+        Local: reads the outbox file only (also on the async store).
+        """
+        return self._offline.pending()
+
+    def discard_rejected(self) -> int:
+        """Forget the writes the server refused on replay (after the app has dealt with them)."""
+        return self._offline.discard_rejected()
 
     def _embedder_or_default(self) -> EmbedderLike:
         with self._lock:
@@ -122,15 +183,48 @@ class VectorStore(_StoreState):
 
     Build one with :meth:`from_url` or :meth:`from_env`, or hand it a transport. The store owns the
     transport: :meth:`close` (or leaving a ``with`` block) closes it.
+
+    It keeps answering while the backend is unreachable (see "When Supabase is down" in the README):
+
+    * ``cache``: ``"network-first"`` (default) asks the backend and falls back to the cached answer,
+      then to the mirror (:meth:`sync_mirror`), marking such results ``stale``; ``"cache-first"``
+      serves cached answers younger than ``cache_ttl`` seconds without asking; ``"off"`` keeps nothing
+      and falls back to nothing.
+    * ``cache_dir``: where the cache, the outbox and the mirror live (default:
+      ``$SUPA_VECTORS_CACHE_DIR``, else the user cache directory); ``cache_size`` bounds the results
+      cache in bytes.
+    * ``outbox``: writes the backend cannot take wait on disk (``status="queued"``) and are replayed
+      by :meth:`flush` or the next successful call; ``False`` makes them raise instead.
+    * ``breaker``: a :class:`~supa_vectors.cache.breaker.CircuitBreaker` (thresholds, clock).
     """
 
-    def __init__(self, transport: Transport, *, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        embedder: Embedder | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         if not isinstance(transport, Transport) or inspect.iscoroutinefunction(transport.rpc):
             raise ConfigurationError(
                 f"VectorStore needs a blocking Transport, got {type(transport).__name__} "
                 "(use AsyncVectorStore for an async transport)"
             )
-        super().__init__(embedder)
+        super().__init__(
+            embedder,
+            transport,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
         self._transport = transport
 
     @classmethod
@@ -141,17 +235,53 @@ class VectorStore(_StoreState):
         *,
         embedder: Embedder | None = None,
         identity: Identity | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> VectorStore:
         """``https://<project>.supabase.co`` with a key (PostgREST), or a ``postgresql://`` URL.
 
         ``identity`` (Postgres URLs only) is who the calls run as; the default is the service role.
+        The other options are the constructor's.
         """
-        return cls(transport_for(target_from_url(url, key), identity=identity), embedder=embedder)
+        return cls(
+            transport_for(target_from_url(url, key), identity=identity),
+            embedder=embedder,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
 
     @classmethod
-    def from_env(cls, *, embedder: Embedder | None = None, identity: Identity | None = None) -> VectorStore:
+    def from_env(
+        cls,
+        *,
+        embedder: Embedder | None = None,
+        identity: Identity | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
+    ) -> VectorStore:
         """``SUPABASE_URL`` + ``SUPABASE_KEY``, else ``SUPA_VECTORS_DATABASE_URL``, else the local stack."""
-        return cls(transport_for(target_from_env(), identity=identity), embedder=embedder)
+        return cls(
+            transport_for(target_from_env(), identity=identity),
+            embedder=embedder,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
 
     @property
     def transport(self) -> Transport:
@@ -162,9 +292,19 @@ class VectorStore(_StoreState):
         return self._embedder_or_default()
 
     def settings(self) -> StoreSettings:
-        """The store's model and limits, read once per store (they change only with a migration)."""
+        """The store's model and limits, read once per store (they change only with a migration).
+
+        While the backend is unreachable these are the last settings seen (kept in the cache), and
+        they are asked for again on the next call.
+        """
+        return self._settings_now(force=False)
+
+    def _settings_now(self, *, force: bool) -> StoreSettings:
         if self._settings is None:
-            self._settings = StoreSettings.from_json(self._transport.rpc("store_settings", {}))
+            settings, live = self._run(self._offline.settings_flow(), force=force)
+            if not live:
+                return settings
+            self._settings = settings
         return self._settings
 
     # ---------------------------------------------------------------------------------------- I/O
@@ -172,7 +312,20 @@ class VectorStore(_StoreState):
     def _embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return _run_embedder(self._checked_embedder(self.settings()), texts)
 
-    def _run(self, flow: Flow[T]) -> T:
+    def _call(self, name: str, params: Mapping[str, Any], *, force: bool = False) -> Any:
+        """One RPC through the breaker: refused at once while it is open (unless ``force``)."""
+        breaker = self._offline.breaker
+        if not force and not breaker.allow():
+            raise breaker.refusal()
+        try:
+            reply = self._transport.rpc(name, params)
+        except SupaVectorsError as exc:
+            breaker.record(exc)
+            raise
+        breaker.record_success()
+        return reply
+
+    def _run(self, flow: Flow[T], *, force: bool = False) -> T:
         reply: Any = None
         error: SupaVectorsError | None = None
         while True:
@@ -184,11 +337,34 @@ class VectorStore(_StoreState):
             reply, error = None, None
             try:
                 if isinstance(op, RpcCall):
-                    reply = self._transport.rpc(op.name, op.params)
+                    reply = self._call(op.name, op.params, force=force)
                 else:
                     reply = self._embed(op.texts)
             except SupaVectorsError as exc:
                 error = exc
+
+    def _maybe_flush(self) -> None:
+        """Replay queued writes before anything else, so the server sees writes in the app's order and
+        reads see them; a backend that is still down leaves them queued."""
+        if not self._offline.has_pending() or self._offline.breaker.state == "open":
+            return
+        try:
+            settings = self.settings()
+            self._run(
+                self._offline.flush_flow(settings, _rpc.transport_identity(self._transport), blocking=False)
+            )
+        except SupaVectorsError as exc:
+            if not is_outage(exc):
+                logger.warning("supa-vectors: replaying the outbox failed (%s: %s)", type(exc).__name__, exc)
+
+    def _settings_or_none(self) -> StoreSettings | None:
+        """Settings for a write: None when they are unknown and the outbox can take the write anyway."""
+        try:
+            return self.settings()
+        except SupaVectorsError as exc:
+            if is_outage(exc) and self._offline.outbox_enabled:
+                return None
+            raise
 
     # ---------------------------------------------------------------------------------------- API
 
@@ -208,11 +384,18 @@ class VectorStore(_StoreState):
         prepared = _rpc.prepare_documents(documents)
         if not prepared:
             return []
-        settings = self.settings()
-        _rpc.check_limits(prepared, settings)
-        self._check_given_embedder(settings)
-        flow = _rpc.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
-        if not (_use_bulk_path(bulk, len(prepared)) and isinstance(self._transport, SupportsSessionUserRpc)):
+        self._maybe_flush()
+        settings = self._settings_or_none()
+        if settings is not None:
+            _rpc.check_limits(prepared, settings)
+            self._check_given_embedder(settings)
+        flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
+        if not (
+            settings is not None
+            and _use_bulk_path(bulk, len(prepared))
+            and isinstance(self._transport, SupportsSessionUserRpc)
+            and not self._offline.has_pending()
+        ):
             return self._run(flow)
         try:
             rebuild = bool(
@@ -220,6 +403,10 @@ class VectorStore(_StoreState):
             )
         except AuthError:
             rebuild = False  # not the table owner: load through the index
+        except SupaVectorsError as exc:
+            if not is_outage(exc):
+                raise
+            rebuild = False  # the flow meets the same outage and queues the documents
         try:
             return self._run(flow)
         finally:
@@ -240,21 +427,23 @@ class VectorStore(_StoreState):
         threshold: float | None = None,
         filter: Filter | None = None,
     ) -> list[SearchResult]:
-        """The ``k`` documents most similar to ``query`` (a text, or a vector of the store's model)."""
+        """The ``k`` documents most similar to ``query`` (a text, or a vector of the store's model).
+
+        When the backend cannot answer, the cached answer to the same question or the mirror's answer
+        is returned with ``stale=True`` (see the class docstring); with neither, the error is raised.
+        """
         checked_filter = validate_filter(filter)
         threshold = _rpc.check_threshold(threshold)
         _rpc.check_k(k)
+        self._maybe_flush()
         settings = self.settings()
         _rpc.check_k(k, settings)
         if isinstance(query, str):
-            text = _rpc.check_query_text(query)
-            vector = _rpc.check_embeddings(self._embed([text]), 1, settings.embedding_dimension)[0]
+            checked: str | npt.NDArray[np.float32] = _rpc.check_query_text(query)
+            self._check_given_embedder(settings)
         else:
-            vector = _rpc.query_vector(query, settings.embedding_dimension)
-        reply = self._transport.rpc(
-            "match_documents", _rpc.match_params(vector, k, threshold, checked_filter)
-        )
-        return _rpc.parse_search_rows(reply)
+            checked = _rpc.query_vector(query, settings.embedding_dimension)
+        return self._run(self._offline.search_flow(checked, k, threshold, checked_filter, settings))
 
     def hybrid_search(
         self,
@@ -266,36 +455,44 @@ class VectorStore(_StoreState):
         semantic_weight: float = 1.0,
         rrf_k: int = 50,
     ) -> list[HybridSearchResult]:
-        """Full-text and vector rankings fused by reciprocal rank: exact words and meaning both count."""
+        """Full-text and vector rankings fused by reciprocal rank: exact words and meaning both count.
+
+        Offline it falls back to the cached answer only (the mirror has no full-text ranking).
+        """
         checked_filter = validate_filter(filter)
         text = _rpc.check_query_text(query)
         _rpc.check_k(k)
+        tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
+        self._maybe_flush()
         settings = self.settings()
         _rpc.check_k(k, settings)
-        tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
-        vector = _rpc.check_embeddings(self._embed([text]), 1, settings.embedding_dimension)[0]
-        params = _rpc.hybrid_params(text, vector, k, checked_filter, tuning)
-        return _rpc.parse_hybrid_rows(self._transport.rpc("hybrid_search", params))
+        self._check_given_embedder(settings)
+        return self._run(self._offline.hybrid_flow(text, k, checked_filter, tuning, settings))
 
     def get(self, ids: Iterable[str] | str) -> list[StoredDocument]:
         """The visible documents with these ids, in the order asked (missing ids are left out)."""
         wanted = _rpc.check_ids(ids)
+        self._maybe_flush()
         found: list[StoredDocument] = []
         for chunk in _rpc.id_chunks(wanted):
             found += _rpc.parse_documents(
-                self._transport.rpc("get_documents", {"external_ids": chunk}), "get_documents"
+                self._call("get_documents", {"external_ids": chunk}), "get_documents"
             )
         return _rpc.order_by_ids(found, wanted)
 
-    def delete(self, ids: Iterable[str] | str) -> int:
-        """Delete the caller's documents with these ids; returns how many were deleted."""
-        deleted = 0
-        for chunk in _rpc.id_chunks(_rpc.check_ids(ids)):
-            deleted += len(self._transport.rpc("delete_documents", {"external_ids": chunk}))
-        return deleted
+    def delete(self, ids: Iterable[str] | str) -> DeleteCount:
+        """Delete the caller's documents with these ids; returns how many were deleted.
+
+        With the backend unreachable the deletions are queued: ``DeleteCount.queued`` says how many.
+        """
+        wanted = _rpc.check_ids(ids)
+        self._maybe_flush()
+        return self._run(self._offline.delete_flow(wanted))
 
     def count(self, filter: Filter | None = None) -> int:
-        return int(self._transport.rpc("count_documents", _rpc.count_params(filter)))
+        params = _rpc.count_params(filter)
+        self._maybe_flush()
+        return int(self._call("count_documents", params))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500
@@ -310,9 +507,10 @@ class VectorStore(_StoreState):
         return self._pages(checked, page_size)
 
     def _pages(self, checked: dict[str, Any], page_size: int) -> Iterator[StoredDocument]:
+        self._maybe_flush()
         after = 0
         while True:
-            reply = self._transport.rpc("list_documents", _rpc.list_params(after, page_size, checked))
+            reply = self._call("list_documents", _rpc.list_params(after, page_size, checked))
             docs, last = _rpc.page_after(reply)
             yield from docs
             if last is None or len(docs) < page_size:
@@ -320,10 +518,33 @@ class VectorStore(_StoreState):
             after = last
 
     def stats(self) -> StoreStats:
-        return _rpc.parse_stats(self._transport.rpc("store_stats", {}))
+        self._maybe_flush()
+        return _rpc.parse_stats(self._call("store_stats", {}))
+
+    def flush(self) -> FlushResult:
+        """Replay the outbox now, in order; raises the backend's error if it is still unreachable.
+
+        An explicit flush goes out even while the breaker is open (it is the app's probe), and waits
+        for a flush running in another thread or process to finish first.
+        """
+        settings = self._settings_now(force=True)
+        identity = _rpc.transport_identity(self._transport)
+        return self._run(self._offline.flush_flow(settings, identity, blocking=True), force=True)
+
+    def sync_mirror(self, *, full: bool = False) -> SyncResult:
+        """Update the local mirror that answers new queries while the backend is unreachable.
+
+        Incremental: only documents changed since the last sync are fetched (with their vectors), and
+        deletions are detected by count. ``full=True`` fetches everything again. Call it at start-up
+        and then periodically (a background thread or a scheduled job).
+        """
+        self._maybe_flush()
+        settings = self.settings()
+        return self._run(self._offline.sync_flow(settings, full=full))
 
     def close(self) -> None:
         self._transport.close()
+        self._offline.close()
 
     def __enter__(self) -> VectorStore:
         return self
@@ -338,15 +559,35 @@ class VectorStore(_StoreState):
 
 
 class AsyncVectorStore(_StoreState):
-    """The asyncio twin of :class:`VectorStore`, over an ``AsyncTransport``."""
+    """The asyncio twin of :class:`VectorStore`, over an ``AsyncTransport``; same options."""
 
-    def __init__(self, transport: AsyncTransport, *, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        transport: AsyncTransport,
+        *,
+        embedder: Embedder | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         if not isinstance(transport, AsyncTransport) or not inspect.iscoroutinefunction(transport.rpc):
             raise ConfigurationError(
                 f"AsyncVectorStore needs an AsyncTransport, got {type(transport).__name__} "
                 "(use VectorStore for a blocking transport)"
             )
-        super().__init__(embedder)
+        super().__init__(
+            embedder,
+            transport,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
         self._transport = transport
         self._settings_lock = asyncio.Lock()
 
@@ -358,16 +599,49 @@ class AsyncVectorStore(_StoreState):
         *,
         embedder: Embedder | None = None,
         identity: Identity | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> AsyncVectorStore:
         """See :meth:`VectorStore.from_url`."""
-        return cls(async_transport_for(target_from_url(url, key), identity=identity), embedder=embedder)
+        return cls(
+            async_transport_for(target_from_url(url, key), identity=identity),
+            embedder=embedder,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
 
     @classmethod
     def from_env(
-        cls, *, embedder: Embedder | None = None, identity: Identity | None = None
+        cls,
+        *,
+        embedder: Embedder | None = None,
+        identity: Identity | None = None,
+        cache_dir: CacheDir = None,
+        cache: CacheMode = "network-first",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        outbox: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> AsyncVectorStore:
         """See :meth:`VectorStore.from_env`."""
-        return cls(async_transport_for(target_from_env(), identity=identity), embedder=embedder)
+        return cls(
+            async_transport_for(target_from_env(), identity=identity),
+            embedder=embedder,
+            cache_dir=cache_dir,
+            cache=cache,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            outbox=outbox,
+            breaker=breaker,
+        )
 
     @property
     def transport(self) -> AsyncTransport:
@@ -378,10 +652,17 @@ class AsyncVectorStore(_StoreState):
         return self._embedder_or_default()
 
     async def settings(self) -> StoreSettings:
+        """See :meth:`VectorStore.settings`."""
+        return await self._settings_now(force=False)
+
+    async def _settings_now(self, *, force: bool) -> StoreSettings:
         if self._settings is None:
             async with self._settings_lock:
                 if self._settings is None:
-                    self._settings = StoreSettings.from_json(await self._transport.rpc("store_settings", {}))
+                    settings, live = await self._run(self._offline.settings_flow(), force=force)
+                    if not live:
+                        return settings
+                    self._settings = settings
         return self._settings
 
     # ---------------------------------------------------------------------------------------- I/O
@@ -391,7 +672,20 @@ class AsyncVectorStore(_StoreState):
         embedder = await asyncio.to_thread(self._checked_embedder, settings)
         return await asyncio.to_thread(_run_embedder, embedder, texts)
 
-    async def _run(self, flow: Flow[T]) -> T:
+    async def _call(self, name: str, params: Mapping[str, Any], *, force: bool = False) -> Any:
+        """See :meth:`VectorStore._call`."""
+        breaker = self._offline.breaker
+        if not force and not breaker.allow():
+            raise breaker.refusal()
+        try:
+            reply = await self._transport.rpc(name, params)
+        except SupaVectorsError as exc:
+            breaker.record(exc)
+            raise
+        breaker.record_success()
+        return reply
+
+    async def _run(self, flow: Flow[T], *, force: bool = False) -> T:
         reply: Any = None
         error: SupaVectorsError | None = None
         while True:
@@ -403,11 +697,32 @@ class AsyncVectorStore(_StoreState):
             reply, error = None, None
             try:
                 if isinstance(op, RpcCall):
-                    reply = await self._transport.rpc(op.name, op.params)
+                    reply = await self._call(op.name, op.params, force=force)
                 elif isinstance(op, EmbedCall):
                     reply = await self._embed(op.texts)
             except SupaVectorsError as exc:
                 error = exc
+
+    async def _maybe_flush(self) -> None:
+        """See :meth:`VectorStore._maybe_flush`."""
+        if not self._offline.has_pending() or self._offline.breaker.state == "open":
+            return
+        try:
+            settings = await self.settings()
+            await self._run(
+                self._offline.flush_flow(settings, _rpc.transport_identity(self._transport), blocking=False)
+            )
+        except SupaVectorsError as exc:
+            if not is_outage(exc):
+                logger.warning("supa-vectors: replaying the outbox failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _settings_or_none(self) -> StoreSettings | None:
+        try:
+            return await self.settings()
+        except SupaVectorsError as exc:
+            if is_outage(exc) and self._offline.outbox_enabled:
+                return None
+            raise
 
     # ---------------------------------------------------------------------------------------- API
 
@@ -418,12 +733,17 @@ class AsyncVectorStore(_StoreState):
         prepared = _rpc.prepare_documents(documents)
         if not prepared:
             return []
-        settings = await self.settings()
-        _rpc.check_limits(prepared, settings)
-        self._check_given_embedder(settings)
-        flow = _rpc.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
+        await self._maybe_flush()
+        settings = await self._settings_or_none()
+        if settings is not None:
+            _rpc.check_limits(prepared, settings)
+            self._check_given_embedder(settings)
+        flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
         if not (
-            _use_bulk_path(bulk, len(prepared)) and isinstance(self._transport, _SupportsAsyncSessionUserRpc)
+            settings is not None
+            and _use_bulk_path(bulk, len(prepared))
+            and isinstance(self._transport, _SupportsAsyncSessionUserRpc)
+            and not self._offline.has_pending()
         ):
             return await self._run(flow)
         try:
@@ -431,6 +751,10 @@ class AsyncVectorStore(_StoreState):
                 await self._transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": len(prepared)})
             )
         except AuthError:
+            rebuild = False
+        except SupaVectorsError as exc:
+            if not is_outage(exc):
+                raise
             rebuild = False
         try:
             return await self._run(flow)
@@ -456,17 +780,15 @@ class AsyncVectorStore(_StoreState):
         checked_filter = validate_filter(filter)
         threshold = _rpc.check_threshold(threshold)
         _rpc.check_k(k)
+        await self._maybe_flush()
         settings = await self.settings()
         _rpc.check_k(k, settings)
         if isinstance(query, str):
-            text = _rpc.check_query_text(query)
-            vector = _rpc.check_embeddings(await self._embed([text]), 1, settings.embedding_dimension)[0]
+            checked: str | npt.NDArray[np.float32] = _rpc.check_query_text(query)
+            self._check_given_embedder(settings)
         else:
-            vector = _rpc.query_vector(query, settings.embedding_dimension)
-        reply = await self._transport.rpc(
-            "match_documents", _rpc.match_params(vector, k, threshold, checked_filter)
-        )
-        return _rpc.parse_search_rows(reply)
+            checked = _rpc.query_vector(query, settings.embedding_dimension)
+        return await self._run(self._offline.search_flow(checked, k, threshold, checked_filter, settings))
 
     async def hybrid_search(
         self,
@@ -482,32 +804,34 @@ class AsyncVectorStore(_StoreState):
         checked_filter = validate_filter(filter)
         text = _rpc.check_query_text(query)
         _rpc.check_k(k)
+        tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
+        await self._maybe_flush()
         settings = await self.settings()
         _rpc.check_k(k, settings)
-        tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
-        vector = _rpc.check_embeddings(await self._embed([text]), 1, settings.embedding_dimension)[0]
-        params = _rpc.hybrid_params(text, vector, k, checked_filter, tuning)
-        return _rpc.parse_hybrid_rows(await self._transport.rpc("hybrid_search", params))
+        self._check_given_embedder(settings)
+        return await self._run(self._offline.hybrid_flow(text, k, checked_filter, tuning, settings))
 
     async def get(self, ids: Iterable[str] | str) -> list[StoredDocument]:
         """See :meth:`VectorStore.get`."""
         wanted = _rpc.check_ids(ids)
+        await self._maybe_flush()
         found: list[StoredDocument] = []
         for chunk in _rpc.id_chunks(wanted):
             found += _rpc.parse_documents(
-                await self._transport.rpc("get_documents", {"external_ids": chunk}), "get_documents"
+                await self._call("get_documents", {"external_ids": chunk}), "get_documents"
             )
         return _rpc.order_by_ids(found, wanted)
 
-    async def delete(self, ids: Iterable[str] | str) -> int:
+    async def delete(self, ids: Iterable[str] | str) -> DeleteCount:
         """See :meth:`VectorStore.delete`."""
-        deleted = 0
-        for chunk in _rpc.id_chunks(_rpc.check_ids(ids)):
-            deleted += len(await self._transport.rpc("delete_documents", {"external_ids": chunk}))
-        return deleted
+        wanted = _rpc.check_ids(ids)
+        await self._maybe_flush()
+        return await self._run(self._offline.delete_flow(wanted))
 
     async def count(self, filter: Filter | None = None) -> int:
-        return int(await self._transport.rpc("count_documents", _rpc.count_params(filter)))
+        params = _rpc.count_params(filter)
+        await self._maybe_flush()
+        return int(await self._call("count_documents", params))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500
@@ -518,9 +842,10 @@ class AsyncVectorStore(_StoreState):
         return self._pages(checked, page_size)
 
     async def _pages(self, checked: dict[str, Any], page_size: int) -> AsyncIterator[StoredDocument]:
+        await self._maybe_flush()
         after = 0
         while True:
-            reply = await self._transport.rpc("list_documents", _rpc.list_params(after, page_size, checked))
+            reply = await self._call("list_documents", _rpc.list_params(after, page_size, checked))
             docs, last = _rpc.page_after(reply)
             for doc in docs:
                 yield doc
@@ -529,10 +854,25 @@ class AsyncVectorStore(_StoreState):
             after = last
 
     async def stats(self) -> StoreStats:
-        return _rpc.parse_stats(await self._transport.rpc("store_stats", {}))
+        await self._maybe_flush()
+        return _rpc.parse_stats(await self._call("store_stats", {}))
+
+    async def flush(self) -> FlushResult:
+        """See :meth:`VectorStore.flush`; a flush already running elsewhere is not waited for
+        (``remaining`` then counts what it still has to do), so the event loop never blocks on it."""
+        settings = await self._settings_now(force=True)
+        identity = _rpc.transport_identity(self._transport)
+        return await self._run(self._offline.flush_flow(settings, identity, blocking=False), force=True)
+
+    async def sync_mirror(self, *, full: bool = False) -> SyncResult:
+        """See :meth:`VectorStore.sync_mirror`."""
+        await self._maybe_flush()
+        settings = await self.settings()
+        return await self._run(self._offline.sync_flow(settings, full=full))
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+        self._offline.close()
 
     async def __aenter__(self) -> AsyncVectorStore:
         return self

@@ -1,0 +1,368 @@
+"""Section 2: ingest of precomputed vectors, documents/s.
+
+Same rows for every method: synthetic clustered 384-d unit vectors (see ``clustered``), a 200-character
+text clipped from a corpus section, metadata ``{"b10": i % 10, "b100": i % 100}``. Into an empty store
+whose HNSW index is absent during the load (built after it, timed on its own), by:
+
+* ``ours (SDK)``: ``VectorStore.upsert`` over the Postgres transport (get_documents + bulk_upsert per
+  500-row chunk, vectors in binary), as a user with precomputed vectors calls it;
+* ``ours (bulk_upsert RPC direct)``: the same RPC called from psycopg with 1,000-row batches;
+* ``vecs upsert``: supabase's client, into its own database on the same server (its own schema);
+* ``naive``: one INSERT for the document and one for the embedding, one transaction per document;
+* ``batched SQL``: one INSERT ... SELECT FROM unnest(...) statement per 1,000 rows (binary vectors);
+* ``binary COPY``: COPY documents and COPY embeddings in binary format, one transaction: the ceiling;
+* ``binary COPY, bare table``: COPY into ``items(id, embedding)`` with no text, metadata, generated
+  columns or secondary indexes: what the raw pgvector anchors measure, to show what our schema costs.
+
+Then, with the index present, a few thousand more rows through the SDK and through batched SQL,
+alternating, and through vecs into its indexed collection.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
+from psycopg.types.json import Json, Jsonb
+
+from bench._common import (
+    DIM,
+    F32,
+    MODEL,
+    Report,
+    bench_stack,
+    clustered,
+    database_url,
+    load_corpus,
+    ratio,
+    synthetic_content,
+)
+
+BATCH = 1000
+VECS_DB = "bench_vecs"
+
+
+@dataclass
+class Rows:
+    ids: list[str]
+    contents: list[str]
+    metadata: list[dict[str, Any]]
+    vectors: F32
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def slice(self, start: int, stop: int) -> Rows:
+        return Rows(
+            self.ids[start:stop],
+            self.contents[start:stop],
+            self.metadata[start:stop],
+            self.vectors[start:stop],
+        )
+
+
+def make_rows(count: int, prefix: str, seed: int, texts: Sequence[str]) -> Rows:
+    return Rows(
+        [f"{prefix}{i}" for i in range(count)],
+        [synthetic_content(texts, i) for i in range(count)],
+        [{"b10": i % 10, "b100": i % 100} for i in range(count)],
+        clustered(count, seed),
+    )
+
+
+def owner_connection(url: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=True)
+    register_vector_info(conn, TypeInfo.fetch(conn, "extensions.vector"))
+    return conn
+
+
+def empty_without_index(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("truncate public.documents restart identity cascade")
+    conn.execute("drop index if exists public.embeddings_embedding_hnsw_idx")
+    conn.execute("checkpoint")
+
+
+def build_index(conn: psycopg.Connection[Any]) -> float:
+    start = time.perf_counter()
+    conn.execute("select supa_vectors_internal.create_vector_index()")
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# The methods. Each loads ``rows`` and returns nothing; the caller times it.
+
+
+def load_copy(conn: psycopg.Connection[Any], rows: Rows) -> None:
+    vector_oid = TypeInfo.fetch(conn, "extensions.vector").oid  # type: ignore[union-attr]
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(
+            "copy public.documents (external_id, content, metadata) from stdin (format binary)"
+        ) as cp:
+            cp.set_types(["text", "text", "jsonb"])
+            for external_id, content, meta in zip(rows.ids, rows.contents, rows.metadata, strict=True):
+                cp.write_row((external_id, content, Jsonb(meta)))
+        ids = dict(cur.execute("select external_id, id from public.documents").fetchall())
+        with cur.copy(
+            "copy public.embeddings (document_id, model, embedding) from stdin (format binary)"
+        ) as cp:
+            cp.set_types(["int8", "text", vector_oid])
+            for external_id, vector in zip(rows.ids, rows.vectors, strict=True):
+                cp.write_row((ids[external_id], MODEL, vector))
+
+
+def load_copy_bare(conn: psycopg.Connection[Any], rows: Rows) -> None:
+    vector_oid = TypeInfo.fetch(conn, "extensions.vector").oid  # type: ignore[union-attr]
+    conn.execute("drop table if exists public.bench_items")
+    conn.execute(
+        "create table public.bench_items (id bigint generated always as identity primary key,"
+        " embedding extensions.vector(384) not null)"
+    )
+    copy = "copy public.bench_items (embedding) from stdin (format binary)"
+    with conn.transaction(), conn.cursor() as cur, cur.copy(copy) as cp:
+        cp.set_types([vector_oid])
+        for vector in rows.vectors:
+            cp.write_row((vector,))
+
+
+BATCHED_SQL = """
+with d as (
+  insert into public.documents (external_id, content, metadata)
+  select * from unnest(%s::text[], %s::text[], %s::jsonb[])
+  returning id, external_id
+)
+insert into public.embeddings (document_id, model, embedding)
+select d.id, %s, v.embedding
+  from d join unnest(%s::text[], %b::extensions.vector[]) as v(external_id, embedding) using (external_id)
+"""
+
+
+def load_batched(conn: psycopg.Connection[Any], rows: Rows) -> None:
+    for start in range(0, len(rows), BATCH):
+        part = rows.slice(start, start + BATCH)
+        conn.execute(
+            BATCHED_SQL,
+            [part.ids, part.contents, [Jsonb(m) for m in part.metadata], MODEL, part.ids, list(part.vectors)],
+        )
+
+
+def load_naive(conn: psycopg.Connection[Any], rows: Rows) -> None:
+    for external_id, content, meta, vector in zip(
+        rows.ids, rows.contents, rows.metadata, rows.vectors, strict=True
+    ):
+        with conn.transaction():
+            row = conn.execute(
+                "insert into public.documents (external_id, content, metadata)"
+                " values (%s, %s, %s) returning id",
+                [external_id, content, Jsonb(meta)],
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "insert into public.embeddings (document_id, model, embedding) values (%s, %s, %b)",
+                [row[0], MODEL, vector],
+            )
+
+
+def load_rpc(conn: psycopg.Connection[Any], rows: Rows) -> None:
+    for start in range(0, len(rows), BATCH):
+        part = rows.slice(start, start + BATCH)
+        docs = [
+            {"external_id": i, "content": c, "metadata": m}
+            for i, c, m in zip(part.ids, part.contents, part.metadata, strict=True)
+        ]
+        conn.execute("select count(*) from public.bulk_upsert(%s, %b)", [Json(docs), list(part.vectors)])
+
+
+def sdk_loader(url: str) -> tuple[Callable[[Rows], None], Callable[[], None]]:
+    from supa_vectors import VectorStore
+    from supa_vectors.transport.postgres import PostgresTransport
+
+    store = VectorStore(PostgresTransport(url))
+    store.settings()  # read once per store; not part of any load
+
+    def load(rows: Rows) -> None:
+        documents = [
+            {"id": i, "content": c, "metadata": m, "embedding": v}
+            for i, c, m, v in zip(rows.ids, rows.contents, rows.metadata, rows.vectors, strict=True)
+        ]
+        results = store.upsert(documents, bulk=False)
+        assert len(results) == len(rows)
+
+    return load, store.close
+
+
+def vecs_missing() -> str | None:
+    """Why vecs cannot run here, or None. It is installed without its dependency pins (see
+    BENCHMARKS.md): vecs 0.4.5 pins pgvector 0.3.*, which the SDK's tests do not pass with."""
+    try:
+        import vecs  # noqa: F401
+    except ImportError as exc:
+        return f"vecs is not installed ({exc}); pip install --no-deps vecs==0.4.5"
+    return None
+
+
+class VecsTarget:
+    """vecs in a database of its own (it creates schema ``vecs`` and the extension itself)."""
+
+    def __init__(self, url: str) -> None:
+        import vecs
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {VECS_DB}")
+            conn.execute(f"create database {VECS_DB} template template1")
+        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; vecs' SET statements need psycopg2.
+        self.client = vecs.create_client(
+            database_url(url, VECS_DB).replace("postgresql://", "postgresql+psycopg2://", 1)
+        )
+        self.collection: Any = None
+
+    def fresh(self) -> None:
+        self.client.delete_collection("docs")
+        self.collection = self.client.get_or_create_collection(name="docs", dimension=DIM)
+
+    def load(self, rows: Rows) -> None:
+        # vecs has no content column: the text goes into the metadata, as its users store it.
+        self.collection.upsert(
+            records=[
+                (i, v, {"content": c, **m})
+                for i, c, m, v in zip(rows.ids, rows.contents, rows.metadata, rows.vectors, strict=True)
+            ]
+        )
+
+    def build_index(self) -> float:
+        import vecs
+
+        start = time.perf_counter()
+        self.collection.create_index(
+            measure=vecs.IndexMeasure.cosine_distance,
+            method=vecs.IndexMethod.hnsw,
+            index_arguments=vecs.IndexArgsHNSW(m=16, ef_construction=64),
+        )
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+def _rate(rows: int, fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return rows / (time.perf_counter() - start)
+
+
+def run(quick: bool) -> dict[str, float]:
+    report = Report("ingest")
+    texts = [d.content for d in load_corpus()]
+    sizes = [2_000] if quick else [10_000, 100_000]
+    extra = 200 if quick else 2_000
+    warnings.filterwarnings("ignore", module="vecs")
+    with bench_stack() as url:
+        conn = owner_connection(url)
+        sdk_load, sdk_close = sdk_loader(url)
+        missing = vecs_missing()
+        target = VecsTarget(url) if missing is None else None
+        if missing:
+            report.note(f"vecs baseline skipped: {missing}")
+        nan = float("nan")
+        try:
+            for size in sizes:
+                rows = make_rows(size, "d", seed=size, texts=texts)
+                label = f"{size // 1000}k" if size >= 1000 else str(size)
+                report.heading(f"{label} rows x {DIM}-d into an empty store, index absent (rows/s)")
+                rates: dict[str, float] = {}
+                for name, fn in (
+                    ("binary COPY, bare table", lambda r=rows: load_copy_bare(conn, r)),
+                    ("binary COPY", lambda r=rows: load_copy(conn, r)),
+                    ("batched SQL", lambda r=rows: load_batched(conn, r)),
+                    ("ours bulk_upsert RPC", lambda r=rows: load_rpc(conn, r)),
+                    ("ours SDK", lambda r=rows: sdk_load(r)),
+                    ("naive", lambda r=rows: load_naive(conn, r)),
+                ):
+                    empty_without_index(conn)
+                    rates[name] = _rate(size, fn)
+                conn.execute("drop table public.bench_items")
+                rates["vecs upsert"], vecs_build = nan, nan
+                if target is not None:
+                    target.fresh()
+                    rates["vecs upsert"] = _rate(size, lambda r=rows, t=target: t.load(r))
+                    vecs_build = target.build_index()
+
+                # The store holds the last load (naive's, the same rows): build the index over it,
+                # as finish_bulk_load does after a bulk load.
+                ours_build = build_index(conn)
+                for name in ("ours SDK", "ours bulk_upsert RPC"):
+                    report.figure(
+                        f"{name} {label}",
+                        rates[name],
+                        "rows/s",
+                        {
+                            "vecs": ratio(rates[name], rates["vecs upsert"]),
+                            "naive": ratio(rates[name], rates["naive"]),
+                            "batched SQL": ratio(rates[name], rates["batched SQL"]),
+                            "binary COPY": ratio(rates[name], rates["binary COPY"]),
+                        },
+                    )
+                for name in ("vecs upsert", "naive", "batched SQL", "binary COPY", "binary COPY, bare table"):
+                    report.figure(
+                        f"{name} {label}",
+                        rates[name],
+                        "rows/s",
+                        {"binary COPY": ratio(rates[name], rates["binary COPY"])},
+                    )
+                report.heading(f"{label}: HNSW build after the load (m=16, ef_construction=64)")
+                report.figure(
+                    f"ours index build {label}",
+                    ours_build,
+                    "s",
+                    {"vecs build": ratio(ours_build, vecs_build)},
+                )
+                report.figure(f"vecs index build {label}", vecs_build, "s")
+                e2e = size / (size / rates["ours SDK"] + ours_build)
+                vecs_e2e = size / (size / rates["vecs upsert"] + vecs_build)
+                report.figure(
+                    f"ours SDK load + build {label}",
+                    e2e,
+                    "rows/s",
+                    {"vecs load + build": ratio(e2e, vecs_e2e)},
+                )
+
+                # With the index present: alternate SDK and batched SQL in quarters.
+                more = make_rows(extra, f"x{size}-", seed=size + 1, texts=texts)
+                spent = {"ours SDK": 0.0, "batched SQL": 0.0}
+                quarter = extra // 4
+                for q in range(4):
+                    part = more.slice(q * quarter, (q + 1) * quarter)
+                    name = "ours SDK" if q % 2 == 0 else "batched SQL"
+                    start = time.perf_counter()
+                    (sdk_load if name == "ours SDK" else lambda r: load_batched(conn, r))(part)
+                    spent[name] += time.perf_counter() - start
+                vecs_more = make_rows(extra // 2, f"x{size}-", seed=size + 1, texts=texts)
+                vecs_rate = (
+                    nan if target is None else _rate(len(vecs_more), lambda r=vecs_more, t=target: t.load(r))
+                )
+                with_index = {n: (extra / 2) / s for n, s in spent.items()}
+                report.heading(
+                    f"{extra} more rows into the {label} store with its HNSW index present (rows/s)"
+                )
+                report.figure(
+                    f"ours SDK into indexed {label}",
+                    with_index["ours SDK"],
+                    "rows/s",
+                    {
+                        "batched SQL": ratio(with_index["ours SDK"], with_index["batched SQL"]),
+                        "vecs": ratio(with_index["ours SDK"], vecs_rate),
+                    },
+                )
+                report.figure(f"batched SQL into indexed {label}", with_index["batched SQL"], "rows/s")
+                report.figure(f"vecs upsert into indexed {label}", vecs_rate, "rows/s")
+        finally:
+            sdk_close()
+            if target is not None:
+                target.close()
+            conn.close()
+    return report.values

@@ -1,0 +1,267 @@
+"""Section 7: the shared corpus through the migration path, against the naive path, and its memory.
+
+* documents/s of the whole migration (``supa_vectors.migrate.migrate``: discover, back up, validate,
+  embed, write, rebuild the index, verify) of the postgres-docs corpus into an empty store, with the
+  production embedder (ONNX fp32);
+* the embedder's own documents/s on a spread of the same texts, batched as the migration batches them,
+  measured right before and right after the migration (the mean brackets it in time, on a machine
+  whose load changes): the migration's target is >= 90% of it, since embedding and writing overlap;
+* the naive path most first versions write, measured in the same process on the same texts: per
+  document, embed it, INSERT the document (one round trip), INSERT its embedding (another); on the
+  first 500 sections (it is slow, and its rate does not depend on the count);
+* peak traced Python memory (tracemalloc) of a migration of the corpus at 1x and of synthetic copies at
+  10x (each record ten times per file, new ids and texts), with a fast deterministic embedder so the
+  10x run takes minutes: memory should not grow with the corpus.
+
+Everything runs on a fresh local stack of its own (``bench_stack``), one new database per measurement.
+``quick`` takes 120 files (~310 sections), 60 naive documents and 1x/10x of 300 sections (with
+batches of 64, so 1x fills the pipeline as 10x does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
+
+from bench._common import DIM, MODEL, Report, bench_stack, corpus_dir, database_url, ratio, spread
+
+__all__ = ["run"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def corpus_files(quick: bool) -> list[Path]:
+    files = sorted((corpus_dir() / "postgres-docs" / "documents").glob("*.json"))
+    return files[:: max(1, len(files) // 120)][:120] if quick else files
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return list(data if isinstance(data, list) else data["documents"])
+
+
+def texts_of(files: Sequence[Path]) -> list[str]:
+    return [str(r.get("content") or r.get("page_content")) for f in files for r in records_of(f)]
+
+
+def copy_sources(files: Sequence[Path], target: Path) -> Path:
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def multiplied(files: Sequence[Path], target: Path, times: int, limit: int | None) -> int:
+    """The corpus with each record ``times`` times per file (new id, new text); returns the count."""
+    target.mkdir(parents=True)
+    written = 0
+    for path in files:
+        if limit is not None and written >= limit * times:
+            break
+        data = json.loads(path.read_text(encoding="utf-8"))
+        records = data if isinstance(data, list) else data["documents"]
+        out = []
+        for copy in range(times):
+            for record in records:
+                record = json.loads(json.dumps(record))
+                if "content" in record:
+                    record["id"] = f"{record['id']}#{copy}"
+                    record["content"] = f"{record['content']} [{copy}]"
+                else:
+                    record["metadata"]["doc_id"] = f"{record['metadata']['doc_id']}#{copy}"
+                    record["page_content"] = f"{record['page_content']} [{copy}]"
+                out.append(record)
+        written += len(out)
+        shaped: Any = out if isinstance(data, list) else {"documents": out}
+        (target / path.name).write_text(json.dumps(shaped), encoding="utf-8")
+    return written
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words vectors (as tests/conftest.py's FakeEmbedder), without its memory."""
+
+    model_id = MODEL
+    dimension = DIM
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+                out[row, int.from_bytes(digest, "little") % (DIM - 1)] += 1.0
+            out[row, -1] = 0.05
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Databases
+
+
+@contextmanager
+def fresh_database(server: str, name: str) -> Iterator[str]:
+    from supa_vectors.local import apply_migrations
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)'.encode())
+        conn.execute(f'create database "{name}"'.encode())
+    url = database_url(server, name)
+    try:
+        apply_migrations(url, migrator="builtin")
+        yield url
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)'.encode())
+
+
+def count_documents(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("select count(*) from public.documents").fetchone()
+    return int(row[0]) if row else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The three paths
+
+
+def migrate_once(url: str, source: Path, state: Path, embedder: Any) -> tuple[float, Any]:
+    from supa_vectors import VectorStore
+    from supa_vectors.migrate import migrate
+
+    with VectorStore.from_url(url, embedder=embedder) as store:
+        store.settings()
+        started = time.perf_counter()
+        report = migrate([source], store, state_dir=state)
+        seconds = time.perf_counter() - started
+    if not report.all_landed:
+        raise RuntimeError(f"the benchmark migration did not land everything: {report.counts}")
+    return seconds, report
+
+
+def naive(url: str, texts: Sequence[str], embedder: Any) -> float:
+    """One document at a time: embed it, insert it, insert its vector; three steps, two round trips."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector_info(conn, TypeInfo.fetch(conn, "extensions.vector"))
+        started = time.perf_counter()
+        for i, text in enumerate(texts):
+            vector = embedder.embed([text])[0]
+            row = conn.execute(
+                "insert into public.documents (external_id, content) values (%s, %s) returning id",
+                (f"naive-{i}", text),
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "insert into public.embeddings (document_id, model, embedding) values (%s, %s, %s)",
+                (row[0], MODEL, vector),
+            )
+        return time.perf_counter() - started
+
+
+def embedder_alone(texts: Sequence[str], embedder: Any, batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        embedder.embed(list(texts[start : start + batch]))
+    return time.perf_counter() - started
+
+
+def peak_memory(url: str, source: Path, state: Path, batch_size: int) -> tuple[int, int]:
+    from supa_vectors import VectorStore
+    from supa_vectors.migrate import migrate
+
+    with VectorStore.from_url(url, embedder=HashEmbedder()) as store:
+        store.settings()
+        tracemalloc.start()
+        try:
+            report = migrate([source], store, state_dir=state, batch_size=batch_size)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    if not report.all_landed:
+        raise RuntimeError(f"the memory run did not land everything: {report.counts}")
+    return peak, report.counts.landed
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run(quick: bool) -> dict[str, float]:
+    from supa_vectors.embedding import OnnxEmbedder
+
+    report = Report("migration")
+    files = corpus_files(quick)
+    texts = texts_of(files)
+    naive_count = 60 if quick else min(500, len(texts))
+    sample = spread(texts, 256 if quick else 768)
+    embedder = OnnxEmbedder()
+    embedder.load()
+    work = Path(tempfile.mkdtemp(prefix="supa-vectors-bench-migration-"))
+    try:
+        source = copy_sources(files, work / "source")
+        with bench_stack() as server:
+            report.heading(f"{len(texts):,} sections in {len(files)} files, ONNX fp32, into an empty store")
+            embedder.embed(texts[:64])  # warm up
+            before = embedder_alone(sample, embedder, 256)
+            with fresh_database(server, "bench_migration") as url:
+                seconds, result = migrate_once(url, source, work / "state", embedder)
+                rate = result.counts.landed / seconds
+                assert count_documents(url) == len(texts)
+            after = embedder_alone(sample, embedder, 256)
+            alone_rate = 2 * len(sample) / (before + after)
+            with fresh_database(server, "bench_naive") as url:
+                naive_seconds = naive(url, texts[:naive_count], embedder)
+                naive_rate = naive_count / naive_seconds
+            report.figure("embedder alone, batches of 256 (before + after)", alone_rate, "docs/s")
+            report.figure(
+                "migration, whole run (backup, embed, write, index, verify)",
+                rate,
+                "docs/s",
+                {"embedder alone": ratio(rate, alone_rate), "naive": ratio(rate, naive_rate)},
+            )
+            report.figure(
+                f"naive: embed + 2 INSERTs per document ({naive_count:,} docs)", naive_rate, "docs/s"
+            )
+            report.figure("migration, of which verify", result.verify.seconds if result.verify else 0.0, "s")
+            report.note(f"bulk load (index dropped and rebuilt): {result.bulk_load}")
+
+            base = 300 if quick else None
+            small, large = work / "x1", work / "x10"
+            n1 = multiplied(files, small, 1, base)
+            n10 = multiplied(files, large, 10, base)
+            report.heading(f"peak traced memory, {n1:,} vs {n10:,} documents (hash embedder)")
+            batch = 64 if quick else 256
+            with fresh_database(server, "bench_memory_1") as url:
+                peak1, landed1 = peak_memory(url, small, work / "m1", batch)
+            with fresh_database(server, "bench_memory_10") as url:
+                peak10, landed10 = peak_memory(url, large, work / "m10", batch)
+            if (landed1, landed10) != (n1, n10):
+                raise RuntimeError(f"memory runs landed {landed1} and {landed10} of {n1} and {n10}")
+            report.figure("peak memory at 1x", peak1 / 2**20, "MiB")
+            report.figure("peak memory at 10x", peak10 / 2**20, "MiB", {"1x": ratio(peak10, peak1)})
+            size10 = sum(p.stat().st_size for p in large.iterdir())
+            report.figure("source size at 10x", size10 / 2**20, "MiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report.values
+
+
+if __name__ == "__main__":
+    import sys
+
+    values = run("--quick" in sys.argv)
+    print(json.dumps(values, indent=2))

@@ -1,0 +1,285 @@
+"""Offline: what answering without the backend costs, next to answering with it.
+
+Figures (p50 over the same query vectors, so the embedder is never part of a timing):
+
+* live search: ``store.search`` against a running local stack (the baseline of every ratio);
+* cached hit: a cache-first store answering from the results cache;
+* fallback with the backend really stopped, breaker closed: every call first fails on the transport
+  (Postgres: the pool waits its ``timeout``, 1 s here; PostgREST: connection refused at once);
+* fallback with the breaker open: no transport call at all, straight to the cache;
+* mirror search: a query never asked before, answered from the mirror (and the numpy search alone,
+  also at 100,000 rows); mirror recall@10 against the server's answers;
+* sync_mirror: a full sync of the corpus and an incremental sync with nothing changed.
+
+``quick`` uses a slice of the corpus and a hashing embedder; the full run embeds the whole shared
+corpus with the ONNX model (minutes on two cores) so recall is measured on real embedding geometry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import (
+    F32,
+    MODEL,
+    Report,
+    clustered,
+    latencies,
+    load_corpus,
+    load_queries,
+    percentile,
+    ratio,
+    spread,
+)
+
+DIM = 384
+NAMESPACE = "bench-offline"  # one cache namespace for the Postgres and the PostgREST stores
+
+
+class HashingEmbedder:
+    """Words hashed into 384 dimensions (the tests' fake): fast, deterministic, model-shaped output."""
+
+    model_id = MODEL
+    dimension = DIM
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                digest = hashlib.sha256(word.encode()).digest()
+                out[row, int.from_bytes(digest[:4], "little") % (DIM - 1)] += 1.0
+            out[row, -1] = 0.05
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _embed_all(embedder: Any, texts: Sequence[str]) -> F32:
+    return np.concatenate([embedder.embed(list(texts[i : i + 64])) for i in range(0, len(texts), 64)]).astype(
+        np.float32
+    )
+
+
+def _ms(values: Sequence[float]) -> float:
+    return percentile(values, 50) * 1000.0
+
+
+def run(quick: bool) -> dict[str, float]:
+    from supa_vectors import CircuitBreaker, VectorStore
+    from supa_vectors.cache.mirror import Mirror
+    from supa_vectors.local import LocalStack
+    from supa_vectors.transport.postgres import PostgresTransport
+    from supa_vectors.transport.postgrest import PostgrestTransport
+
+    report = Report("offline")
+    docs = load_corpus()
+    queries = [q for q, _ in load_queries()]
+    if quick:
+        docs, queries = spread(docs, 600), spread(queries, 40)
+        embedder: Any = HashingEmbedder()
+        report.note("quick: 600 corpus sections, 40 queries, hashing embedder")
+    else:
+        from supa_vectors.embedding import OnnxEmbedder
+
+        embedder = OnnxEmbedder()
+        queries = spread(queries, 200)
+        report.note(f"{len(docs)} corpus sections, {len(queries)} queries, ONNX {MODEL}")
+    started = time.perf_counter()
+    doc_vectors = _embed_all(embedder, [d.content for d in docs])
+    query_vectors = _embed_all(embedder, queries)
+    report.note(f"embedded the corpus and queries in {time.perf_counter() - started:.0f} s (not timed below)")
+    half = len(query_vectors) // 2
+    asked, unseen = query_vectors[:half], query_vectors[half:]
+
+    base = Path(tempfile.mkdtemp(prefix="supa-vectors-bench-offline-", dir="/tmp"))
+    base.chmod(0o755)
+    stack = LocalStack(base_dir=base / "stack")
+    cache_dir = base / "cache"
+    url = stack.start()
+    try:
+
+        def postgres(timeout: float = 30.0) -> PostgresTransport:
+            transport = PostgresTransport(url, timeout=timeout)
+            transport.cache_namespace = NAMESPACE  # type: ignore[attr-defined]
+            return transport
+
+        with VectorStore(postgres(), embedder=embedder, cache="off") as loader:
+            loader.upsert(
+                [
+                    {"id": d.id, "content": d.content, "metadata": {"title": d.title}, "embedding": v}
+                    for d, v in zip(docs, doc_vectors, strict=True)
+                ],
+                bulk=True,
+            )
+        never_opens = CircuitBreaker(failure_threshold=10**9)
+        live_store = VectorStore(
+            postgres(timeout=1.0), embedder=embedder, cache_dir=cache_dir, breaker=never_opens
+        )
+        for vector in asked[:5]:
+            live_store.search(vector, k=10)  # warm the pool and the plans
+        live_times, live_answers = latencies(lambda v: live_store.search(v, k=10), list(asked))
+        with VectorStore(postgres(), embedder=embedder, cache="off") as reference:  # caches nothing
+            server_unseen = [[r.id for r in reference.search(v, k=10)] for v in unseen]
+        live = _ms(live_times)
+        report.heading(f"{len(docs)} documents, k=10, p50 over {len(asked)} query vectors")
+        report.figure("live search p50 (backend up, network first)", live, "ms")
+
+        cache_first = VectorStore(
+            postgres(), embedder=embedder, cache_dir=cache_dir, cache="cache-first", cache_ttl=3600
+        )
+        hit_times, hits = latencies(lambda v: cache_first.search(v, k=10), list(asked))
+        assert all(r.source == "cache" for answer in hits for r in answer)
+        report.figure(
+            "cached hit p50 (cache-first)", _ms(hit_times), "ms", {"live search": ratio(_ms(hit_times), live)}
+        )
+        cache_first.close()
+
+        sync_full = time.perf_counter()
+        synced = live_store.sync_mirror()
+        sync_full = time.perf_counter() - sync_full
+        sync_again = time.perf_counter()
+        live_store.sync_mirror()
+        sync_again = time.perf_counter() - sync_again
+        report.figure(f"sync_mirror, full ({synced.documents} documents)", sync_full * 1000, "ms")
+        report.figure("sync_mirror, incremental, nothing changed", sync_again * 1000, "ms")
+
+        stack.stop()
+        # The pool's idle connections (up to 4) are broken now and fail at once; after them every call
+        # waits the pool's timeout for a connection that cannot come. Measure that steady state.
+        for vector in asked[:5]:
+            live_store.search(vector, k=10)
+        repeats = 3 if quick else 6
+        closed_times, _ = latencies(lambda v: live_store.search(v, k=10), list(asked[5 : 5 + repeats]))
+        report.figure(
+            "fallback p50, backend stopped, breaker closed (Postgres pool timeout 1 s)",
+            _ms(closed_times),
+            "ms",
+            {"live search": ratio(_ms(closed_times), live)},
+        )
+
+        rest = PostgrestTransport(
+            url=f"http://127.0.0.1:{_closed_port()}", key=_service_jwt(), max_attempts=1
+        )
+        rest.cache_namespace = NAMESPACE  # type: ignore[attr-defined]
+        refused_store = VectorStore(rest, embedder=embedder, cache_dir=cache_dir, breaker=never_opens)
+        refused_times, refused = latencies(lambda v: refused_store.search(v, k=10), list(asked))
+        assert all(r.source == "cache" for answer in refused for r in answer)
+        report.figure(
+            "fallback p50, breaker closed (PostgREST, connection refused)",
+            _ms(refused_times),
+            "ms",
+            {"live search": ratio(_ms(refused_times), live)},
+        )
+        refused_store.close()
+
+        open_breaker = CircuitBreaker(failure_threshold=1, reset_timeout=3600)
+        open_breaker.record_failure()
+        open_store = VectorStore(
+            postgres(timeout=1.0), embedder=embedder, cache_dir=cache_dir, breaker=open_breaker
+        )
+        open_times, opened = latencies(lambda v: open_store.search(v, k=10), list(asked))
+        assert all(r.source == "cache" for answer in opened for r in answer)
+        report.figure(
+            "fallback p50, breaker open (answer from the cache)",
+            _ms(open_times),
+            "ms",
+            {"live search": ratio(_ms(open_times), live)},
+        )
+        mirror_times, mirrored = latencies(lambda v: open_store.search(v, k=10), list(unseen))
+        assert all(r.source == "mirror" for answer in mirrored for r in answer)
+        report.figure(
+            "mirror search p50, breaker open (a query never asked)",
+            _ms(mirror_times),
+            "ms",
+            {"live search": ratio(_ms(mirror_times), live)},
+        )
+        found = [[r.id for r in answer] for answer in mirrored]
+        recall = float(
+            np.mean(
+                [len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, server_unseen, strict=True)]
+            )
+        )
+        report.figure("mirror recall@10 against the server's answers", recall, "")
+        filtered_times, _ = latencies(
+            lambda v: open_store.search(v, k=10, filter={"title": {"$ne": "Description"}}), list(unseen)
+        )
+        report.figure(
+            "mirror search p50 with a metadata filter",
+            _ms(filtered_times),
+            "ms",
+            {"live search": ratio(_ms(filtered_times), live)},
+        )
+        open_store.close()
+        live_store.close()
+        del live_answers
+
+        rows = 20_000 if quick else 100_000
+        big = Mirror(base / "synthetic.sqlite3")
+        vectors = clustered(rows, seed=5)
+        from supa_vectors._rpc import StoreSettings
+
+        big.reset(StoreSettings(MODEL, DIM), "1")
+        for start in range(0, rows, 5000):
+            big.apply(
+                [
+                    {
+                        "id": i + 1,
+                        "external_id": f"s{i}",
+                        "content": f"synthetic {i}",
+                        "content_hash": "",
+                        "metadata": {"n": i},
+                        "embedding": vectors[i],
+                    }
+                    for i in range(start, min(rows, start + 5000))
+                ],
+                DIM,
+            )
+        probes = clustered(64 if quick else 200, seed=6)
+        big.search(probes[0], 10, None, "", None)  # loads the matrix once
+        raw_times, _ = latencies(lambda v: big.search(v, 10, None, "", None), list(probes))
+        report.figure(
+            f"mirror exact numpy search p50 alone, {rows:,} rows",
+            _ms(raw_times),
+            "ms",
+            {"live search": ratio(_ms(raw_times), live)},
+        )
+        big.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return report.values
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound and released: refused at once)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _service_jwt() -> str:
+    """An unsigned service-role token: the same identity fingerprint as the Postgres store's default."""
+    import base64
+    import json
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part({'role': 'service_role'})}.c2ln"
+
+
+if __name__ == "__main__":
+    import sys
+
+    values = run("--quick" in sys.argv)
+    print(f"{len(values)} figures")

@@ -1,0 +1,343 @@
+"""Sections 3 and 4: vector search latency and recall, unfiltered and filtered, at 100k x 384.
+
+One store loaded once for both (binary COPY + HNSW build, m=16, ef_construction=64; not timed here, see
+the ingest section), and the same rows in a vecs collection with the same HNSW parameters in its own
+database on the same server. Queries are stored points plus a little noise; the truth is numpy's exact
+cosine top-10 over the same vectors. Every path is called once per query in turn (interleaved), after
+one warm-up pass, single client, sequential: queries/s = 1 / mean latency.
+
+Unfiltered paths, at several ef_search:
+
+* ``raw SQL``: the ANN statement match_documents runs inside (embeddings join documents, order by
+  ``<=>``, limit 10), from psycopg with a binary vector parameter, ``hnsw.ef_search`` set per session;
+* ``RPC direct``: ``select ... from match_documents(...)`` from psycopg, as the table owner;
+* ``SDK``: the Postgres transport's ``rpc("match_documents")`` + row parsing, as service_role (one
+  pipelined round trip that sets role and JWT claims first), which is what ``VectorStore.search``
+  does; ``VectorStore.search`` itself (ef_search chosen by the RPC: 100) is timed too;
+* ``vecs``: ``Collection.query(data=vector, limit=10, ef_search=...)``.
+
+Filtered (k=10, ``{"b10": 3}`` matches 10% of rows, ``{"b100": 7}`` 1%): rows returned and recall
+against the exact filtered top-10, for the SDK, vecs (ef_search 40, its default), pgvector's iterative
+scan alone (relaxed order, ef_search 40) and a plain post-filtered HNSW scan.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg.types import TypeInfo
+from psycopg.types.json import Jsonb
+
+from bench._common import (
+    F32,
+    MODEL,
+    Report,
+    bench_stack,
+    exact_top_k,
+    load_corpus,
+    near_queries,
+    percentile,
+    ratio,
+    recall,
+)
+from bench.ingest import (
+    VecsTarget,
+    build_index,
+    empty_without_index,
+    load_copy,
+    make_rows,
+    owner_connection,
+    vecs_missing,
+)
+
+K = 10
+RAW_SQL = (
+    "select d.external_id from public.embeddings e join public.documents d on d.id = e.document_id"
+    " where e.model = %s order by e.embedding operator(extensions.<=>) %b limit 10"
+)
+RPC_SQL = (
+    "select external_id from public.match_documents("
+    "query_embedding => %b, match_count => 10, ef_search => %s)"
+)
+FILTERED_SQL = (
+    "select d.external_id from public.embeddings e join public.documents d on d.id = e.document_id"
+    " where e.model = %s and d.metadata @> %s order by e.embedding operator(extensions.<=>) %b limit 10"
+)
+
+Search = Callable[[F32], list[int]]
+
+
+def _rows(ids: Sequence[str]) -> list[int]:
+    return [int(i[1:]) for i in ids]
+
+
+def load_vecs(
+    target: VecsTarget, url: str, vectors: F32, contents: list[str], meta: list[dict[str, Any]]
+) -> None:
+    """The same rows into the vecs collection by binary COPY (its upsert is timed in ingest)."""
+    target.fresh()
+    with psycopg.connect(url, autocommit=True) as conn:
+        info = TypeInfo.fetch(conn, "vector")
+        assert info is not None
+        from pgvector.psycopg.vector import register_vector_info
+
+        register_vector_info(conn, info)
+        copy = 'copy vecs."docs" (id, vec, metadata) from stdin (format binary)'
+        with conn.transaction(), conn.cursor() as cur, cur.copy(copy) as cp:
+            cp.set_types(["varchar", info.oid, "jsonb"])
+            for i, (v, c, m) in enumerate(zip(vectors, contents, meta, strict=True)):
+                cp.write_row((f"d{i}", v, Jsonb({"content": c, **m})))
+    target.build_index()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('vacuum analyze vecs."docs"')
+
+
+def measure(
+    paths: dict[str, Search], queries: F32
+) -> tuple[dict[str, list[float]], dict[str, list[list[int]]]]:
+    """Latency (ms) and results per path, every path called once per query in turn, after a warm-up pass."""
+    for q in queries:
+        for fn in paths.values():
+            fn(q)
+    times: dict[str, list[float]] = {n: [] for n in paths}
+    found: dict[str, list[list[int]]] = {n: [] for n in paths}
+    for q in queries:
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            result = fn(q)
+            times[name].append((time.perf_counter() - start) * 1000)
+            found[name].append(result)
+    return times, found
+
+
+def server_ms(conn: psycopg.Connection[Any], sql: str, params: list[Any], repeats: int) -> float:
+    """Median server-side execution time (EXPLAIN ANALYZE) of a statement."""
+    out = []
+    for _ in range(repeats):
+        plan = conn.execute(f"explain (analyze, format json) {sql}", params).fetchone()
+        assert plan is not None
+        out.append(float(plan[0][0]["Execution Time"]))
+    return float(np.median(out))
+
+
+class Loaded:
+    """The stack, both stores loaded, and the connections every path uses."""
+
+    def __init__(self, url: str, rows: int) -> None:
+        from supa_vectors import VectorStore
+        from supa_vectors.transport.postgres import PostgresTransport
+
+        texts = [d.content for d in load_corpus()]
+        data = make_rows(rows, "d", seed=rows, texts=texts)
+        self.vectors = data.vectors
+        self.metadata = data.metadata
+        self.conn = owner_connection(url)
+        empty_without_index(self.conn)
+        load_copy(self.conn, data)
+        self.build_s = build_index(self.conn)
+        self.conn.execute("vacuum analyze public.documents")
+        self.conn.execute("vacuum analyze public.embeddings")
+        self.vecs: VecsTarget | None = None
+        if vecs_missing() is None:
+            self.vecs = VecsTarget(url)
+            load_vecs(self.vecs, self.vecs_url(url), data.vectors, data.contents, data.metadata)
+        self.store = VectorStore(PostgresTransport(url))
+        self.store.settings()
+
+    @staticmethod
+    def vecs_url(url: str) -> str:
+        from bench._common import database_url
+        from bench.ingest import VECS_DB
+
+        return database_url(url, VECS_DB)
+
+    def close(self) -> None:
+        self.store.close()
+        if self.vecs is not None:
+            self.vecs.close()
+        self.conn.close()
+
+    # ---- paths ---------------------------------------------------------------------------------
+
+    def raw(self, q: F32) -> list[int]:
+        return _rows([r[0] for r in self.conn.execute(RAW_SQL, [MODEL, q]).fetchall()])
+
+    def rpc(self, ef: int) -> Search:
+        return lambda q: _rows([r[0] for r in self.conn.execute(RPC_SQL, [q, ef]).fetchall()])
+
+    def sdk_rpc(self, ef: int) -> Search:
+        from supa_vectors import _rpc
+
+        transport = self.store.transport
+
+        def search(q: F32) -> list[int]:
+            params = {**_rpc.match_params(_rpc.query_vector(q, 384), K, None, {}), "ef_search": ef}
+            return _rows([r.id for r in _rpc.parse_search_rows(transport.rpc("match_documents", params))])
+
+        return search
+
+    def sdk_search(self, q: F32, filter: dict[str, Any] | None = None) -> list[int]:
+        return _rows([r.id for r in self.store.search(q, k=K, filter=filter)])
+
+    def vecs_query(self, ef: int, filters: dict[str, Any] | None = None) -> dict[str, Search]:
+        """The vecs path under ``vecs``, or nothing when vecs is not installed."""
+        if self.vecs is None:
+            return {}
+        collection = self.vecs.collection
+        return {"vecs": lambda q: _rows(collection.query(data=q, limit=K, ef_search=ef, filters=filters))}
+
+
+def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report) -> None:
+    truth = exact_top_k(loaded.vectors, queries, K)
+    rows = len(loaded.vectors)
+    report.heading(f"{rows:,} rows x 384, {len(queries)} queries, k={K}, single client (latency ms)")
+    for ef in efs:
+        loaded.conn.execute(f"set hnsw.ef_search = {int(ef)}")
+        paths: dict[str, Search] = {
+            "raw SQL": loaded.raw,
+            "RPC direct": loaded.rpc(ef),
+            "SDK": loaded.sdk_rpc(ef),
+            **loaded.vecs_query(ef),
+        }
+        times, found = measure(paths, queries)
+        p50 = {n: percentile(t, 50) for n, t in times.items()}
+        report.heading(f"ef_search {ef}")
+        for name in paths:
+            ratios = {}
+            if name != "raw SQL":
+                ratios["raw SQL"] = ratio(p50[name], p50["raw SQL"])
+            if name == "SDK":
+                ratios["RPC direct"] = ratio(p50["SDK"], p50["RPC direct"])
+                if "vecs" in p50:
+                    ratios["vecs"] = ratio(p50["SDK"], p50["vecs"])
+            report.figure(f"{name} p50 ef{ef}", p50[name], "ms", ratios)
+            report.figure(f"{name} p95 ef{ef}", percentile(times[name], 95), "ms")
+            report.figure(f"{name} queries/s ef{ef}", 1000 / float(np.mean(times[name])), "q/s")
+            report.figure(f"{name} recall@10 ef{ef}", recall(found[name], truth, K), "")
+        if ef == efs[0]:
+            sample = queries[: min(20, len(queries))]
+            raw_server = float(np.median([server_ms(loaded.conn, RAW_SQL, [MODEL, q], 1) for q in sample]))
+            rpc_server = float(np.median([server_ms(loaded.conn, RPC_SQL, [q, ef], 1) for q in sample]))
+            report.figure(
+                f"raw SQL server execution ef{ef}",
+                raw_server,
+                "ms",
+                {"raw SQL client p50": ratio(raw_server, p50["raw SQL"])},
+            )
+            report.figure(
+                f"RPC server execution ef{ef}",
+                rpc_server,
+                "ms",
+                {"RPC direct client p50": ratio(rpc_server, p50["RPC direct"])},
+            )
+    times, found = measure({"SDK VectorStore.search": loaded.sdk_search}, queries)
+    vecs_times, _ = measure(loaded.vecs_query(40), queries)
+    report.heading("VectorStore.search(vector) with the RPC's default ef_search (100)")
+    p50 = percentile(times["SDK VectorStore.search"], 50)
+    report.figure(
+        "SDK VectorStore.search p50",
+        p50,
+        "ms",
+        {"vecs ef40": ratio(p50, percentile(vecs_times["vecs"], 50))} if vecs_times else {},
+    )
+    report.figure("SDK VectorStore.search p95", percentile(times["SDK VectorStore.search"], 95), "ms")
+    report.figure("SDK VectorStore.search recall@10", recall(found["SDK VectorStore.search"], truth, K), "")
+
+
+def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
+    rows = len(loaded.vectors)
+    b10 = np.array([m["b10"] for m in loaded.metadata])
+    b100 = np.array([m["b100"] for m in loaded.metadata])
+    cases: list[tuple[str, dict[str, Any], npt.NDArray[np.bool_]]] = [
+        ("10%", {"b10": 3}, b10 == 3),
+        ("1%", {"b100": 7}, b100 == 7),
+    ]
+    conn = loaded.conn
+    for share, flt, mask in cases:
+        truth = exact_top_k(loaded.vectors, queries, K, mask)
+        vecs_filter = {key: {"$eq": value} for key, value in flt.items()}
+
+        def pgvector(q: F32, flt: dict[str, Any] = flt, iterative: bool = True) -> list[int]:
+            with conn.transaction():
+                conn.execute(f"set local hnsw.iterative_scan = {'relaxed_order' if iterative else 'off'}")
+                conn.execute("set local hnsw.ef_search = 40")
+                return _rows([r[0] for r in conn.execute(FILTERED_SQL, [MODEL, Jsonb(flt), q]).fetchall()])
+
+        paths: dict[str, Search] = {
+            "ours SDK": lambda q, flt=flt: loaded.sdk_search(q, flt),  # type: ignore[misc]
+            **loaded.vecs_query(40, vecs_filter),
+            "pgvector iterative scan": pgvector,
+            "post-filtered HNSW": lambda q, flt=flt: pgvector(q, flt, iterative=False),  # type: ignore[misc]
+        }
+        times, found = measure(paths, queries)
+        report.heading(
+            f"filter {flt} ({share} of {rows:,} rows = {int(mask.sum()):,} match), k={K}, "
+            f"{len(queries)} queries"
+        )
+        stats = {}
+        for name in paths:
+            counts = [len(f) for f in found[name]]
+            stats[name] = (
+                float(np.mean(counts)),
+                float(np.mean([c == K for c in counts])),
+                recall(found[name], truth, K),
+                percentile(times[name], 50),
+            )
+        ours = stats["ours SDK"]
+        for name, (mean_rows, complete, rec, p50) in stats.items():
+            vs = {}
+            if name == "ours SDK":
+                vs = {
+                    "vecs": ratio(rec, stats["vecs"][2]),
+                    "pgvector iterative": ratio(rec, stats["pgvector iterative scan"][2]),
+                }
+            report.figure(f"{name} {share} rows returned (mean)", mean_rows, "rows")
+            report.figure(f"{name} {share} queries with all {K} rows", complete, "share")
+            report.figure(f"{name} {share} recall@10", rec, "", vs)
+            report.figure(
+                f"{name} {share} p50",
+                p50,
+                "ms",
+                {} if name == "ours SDK" else {"ours SDK": ratio(p50, ours[3])},
+            )
+
+
+def run_parts(quick: bool, parts: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Load once, then run the chosen parts ("search", "filtered"); figures per part."""
+    warnings.filterwarnings("ignore", module="vecs")
+    rows = 2_000 if quick else 100_000
+    results: dict[str, dict[str, float]] = {}
+    with bench_stack() as url:
+        started = time.perf_counter()
+        loaded = Loaded(url, rows)
+        print(
+            f"  (loaded {rows:,} rows into both stores in {time.perf_counter() - started:.0f} s)", flush=True
+        )
+        try:
+            if "search" in parts:
+                report = Report("search")
+                queries = near_queries(loaded.vectors, 20 if quick else 300, seed=11)
+                run_search(loaded, queries, [40, 100] if quick else [40, 100, 200], report)
+                results["search"] = report.values
+            if "filtered" in parts:
+                report = Report("filtered")
+                queries = near_queries(loaded.vectors, 10 if quick else 100, seed=12)
+                run_filtered_part(loaded, queries, report)
+                results["filtered"] = report.values
+        finally:
+            loaded.close()
+    return results
+
+
+def run_search_only(quick: bool) -> dict[str, float]:
+    return run_parts(quick, ["search"])["search"]
+
+
+def run_filtered(quick: bool) -> dict[str, float]:
+    return run_parts(quick, ["filtered"])["filtered"]

@@ -1,0 +1,41 @@
+"""Keep answering while the backend is unreachable, and lose no write.
+
+One concern per module, each usable on its own and shared unchanged by the sync and async stores:
+
+* :mod:`~supa_vectors.cache.keys`: cache keys (everything that changes an answer, nothing secret).
+* :mod:`~supa_vectors.cache.results`: answers, query embeddings and settings in a bounded diskcache.
+* :mod:`~supa_vectors.cache.breaker`: the circuit breaker and which failures are outages.
+* :mod:`~supa_vectors.cache.outbox`: writes queued on disk, replayed in order, idempotently.
+* :mod:`~supa_vectors.cache.mirror`: a local copy of the vectors for offline search of new queries.
+* :mod:`~supa_vectors.cache.filtering`: metadata filters with the server's jsonb semantics.
+* :mod:`~supa_vectors.cache.layer`: the flows that tie them into ``VectorStore``/``AsyncVectorStore``.
+
+See ``docs/decisions/0005-offline-cache-and-outbox.md`` for the choices and measurements.
+"""
+
+from __future__ import annotations
+
+from supa_vectors.cache.breaker import BreakerState, CircuitBreaker, is_outage
+from supa_vectors.cache.layer import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_CACHE_TTL,
+    ENV_CACHE_DIR,
+    CacheMode,
+    default_cache_dir,
+)
+from supa_vectors.cache.mirror import SyncResult
+from supa_vectors.cache.outbox import FlushResult, PendingWrite
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_CACHE_TTL",
+    "ENV_CACHE_DIR",
+    "BreakerState",
+    "CacheMode",
+    "CircuitBreaker",
+    "FlushResult",
+    "PendingWrite",
+    "SyncResult",
+    "default_cache_dir",
+    "is_outage",
+]

@@ -1,0 +1,175 @@
+"""Cache keys: everything that changes an answer is in the key, and nothing secret is.
+
+A cached answer may only be served for the same question to the same caller of the same store: the
+key hashes the query (text, or the vector's bytes), the mode (vector or hybrid search and its tuning),
+``k``, the threshold, the filter (canonical JSON), the embedding model, the store's schema version,
+the store (host, port and database or project URL; never a password or key) and the caller's identity
+fingerprint (a hash of role and JWT subject, or of an opaque key). Keys are sha256 hex digests, so
+neither a query nor an identity can be read back from a cache directory listing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CACHE_FORMAT",
+    "Scope",
+    "canonical_json",
+    "digest",
+    "store_label",
+    "transport_subject",
+]
+
+# Bumped when the layout of cached values changes: old entries then simply stop matching.
+CACHE_FORMAT = "1"
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per JSON value (sorted keys, no spaces), so equal filters give equal keys."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def digest(*parts: str) -> str:
+    """sha256 over the parts, NUL-separated (no part contains NUL: query text and ids refuse it)."""
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+def _url_label(url: str) -> str:
+    """scheme://host:port/path of a URL, without user, password or query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def _conninfo_label(conninfo: str) -> str:
+    if "://" in conninfo:
+        return "postgres:" + _url_label(conninfo)
+    # A keyword/value DSN ("host=... dbname=... password=..."): keep only where it points.
+    fields = dict(item.split("=", 1) for item in conninfo.split() if "=" in item)
+    return "postgres:{}:{}/{}".format(
+        fields.get("host", ""), fields.get("port", ""), fields.get("dbname", "")
+    )
+
+
+def store_label(transport: object) -> str:
+    """Which store a transport talks to, as a label free of secrets.
+
+    A transport may say so itself with a ``cache_namespace`` attribute (a custom transport, or two
+    logical stores behind one URL); the built-in ones are recognised by their connection target.
+    """
+    namespace = getattr(transport, "cache_namespace", None)
+    if isinstance(namespace, str) and namespace:
+        return "custom:" + namespace
+    conninfo = getattr(getattr(transport, "_pool", None), "conninfo", None)
+    if isinstance(conninfo, str):
+        return _conninfo_label(conninfo)
+    client = getattr(transport, "_client", None)
+    supabase_url = getattr(client, "supabase_url", None)
+    if supabase_url is not None:
+        return "postgrest:" + _url_label(str(supabase_url))
+    kind = type(transport)
+    return f"transport:{kind.__module__}.{kind.__qualname__}"
+
+
+def _jwt_subject(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return str(sub) if sub is not None else None
+
+
+def transport_subject(transport: object) -> str | None:
+    """The user id (JWT ``sub``) the calls run as, or None (service role, anon, or unknown).
+
+    Only used to tell the caller's own rows from shared ones in the local mirror; PostgREST verifies
+    the token, this merely reads it.
+    """
+    identity = getattr(transport, "identity", None)
+    subject = getattr(identity, "subject", None)
+    if isinstance(subject, str):
+        return subject.lower()
+    client = getattr(transport, "_client", None)
+    headers = getattr(getattr(client, "postgrest", None), "headers", None)
+    if headers is not None:
+        authorization = str(headers.get("authorization") or "")
+        if authorization[:7].lower() == "bearer ":
+            sub = _jwt_subject(authorization[7:].strip())
+            return sub.lower() if sub else None
+    return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who asks which store: the part shared by every key of one caller."""
+
+    store: str
+    identity: str
+    model: str
+    schema_version: str
+
+    @property
+    def file_stem(self) -> str:
+        """A file name for this store and identity (outbox, mirror): hashed, so it leaks neither."""
+        return digest("file", CACHE_FORMAT, self.store, self.identity)[:32]
+
+    def search_key(
+        self,
+        mode: str,
+        query: str | npt.NDArray[np.float32],
+        k: int,
+        threshold: float | None,
+        filter: dict[str, Any],
+        tuning: dict[str, Any] | None = None,
+    ) -> str:
+        if isinstance(query, str):
+            query_part = "text:" + query
+        else:
+            query_part = (
+                "vector:" + hashlib.sha256(np.ascontiguousarray(query, dtype="<f4").tobytes()).hexdigest()
+            )
+        return digest(
+            "results",
+            CACHE_FORMAT,
+            self.store,
+            self.identity,
+            self.model,
+            self.schema_version,
+            mode,
+            query_part,
+            str(k),
+            "" if threshold is None else repr(float(threshold)),
+            canonical_json(filter),
+            canonical_json(tuning or {}),
+        )
+
+    def embedding_key(self, text: str) -> str:
+        return digest("embedding", CACHE_FORMAT, self.store, self.identity, self.model, text)
+
+
+def settings_key(store: str, identity: str) -> str:
+    return digest("settings", CACHE_FORMAT, store, identity)
+
+
+def generation_key(store: str) -> str:
+    return digest("generation", CACHE_FORMAT, store)
+
+
+def write_log_key(store: str, generation: int) -> str:
+    return digest("writes", CACHE_FORMAT, store, str(generation))

@@ -1,0 +1,599 @@
+"""The offline layer: what ``VectorStore`` and ``AsyncVectorStore`` do when the backend may be down.
+
+Like :mod:`supa_vectors._rpc`, every multi-step operation here is a generator that yields the network
+and embedder work it needs (:class:`~supa_vectors._rpc.RpcCall`, :class:`~supa_vectors._rpc.EmbedCall`)
+and receives the result or the failure; the two stores only perform those, through the circuit
+breaker. Local disk work (the results cache, the outbox, the mirror) happens inline: it takes
+microseconds to a millisecond, so the async store does it on the loop rather than in a thread.
+
+Reads (network first, by default): ask the backend; when it cannot answer (:func:`is_outage`), serve
+the cached answer to the same question if no write since could have changed it, else search the
+mirror, else raise the original error. Answers served that way are ``stale`` with their age. In
+cache-first mode a cached answer younger than the TTL is served without asking.
+
+Writes: when the backend cannot take them, ``upsert``/``delete`` queue them in the outbox (in order,
+once per id and content) and say so (``status="queued"``, ``DeleteCount.queued``). While anything
+waits, new writes queue behind it, so the server sees writes in the order the app made them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from supa_vectors import _rpc
+from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, PreparedDocument, RpcCall, StoreSettings
+from supa_vectors.cache.breaker import CircuitBreaker, is_outage
+from supa_vectors.cache.filtering import compile_predicate
+from supa_vectors.cache.keys import Scope, canonical_json, settings_key, store_label, transport_subject
+from supa_vectors.cache.mirror import Mirror, SyncResult, sync_flow
+from supa_vectors.cache.outbox import FlushResult, Outbox, PendingWrite, QueuedWrite, next_batch
+from supa_vectors.cache.results import CachedAnswer, Change, ResultsCache
+from supa_vectors.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    DocumentError,
+    SupaVectorsError,
+)
+from supa_vectors.models import DeleteCount, Document, HybridSearchResult, SearchResult, UpsertResult
+from supa_vectors.transport.identity import Identity
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_CACHE_TTL",
+    "ENV_CACHE_DIR",
+    "CacheMode",
+    "OfflineLayer",
+    "default_cache_dir",
+]
+
+logger = logging.getLogger("supa_vectors.cache")
+
+CacheMode = Literal["network-first", "cache-first", "off"]
+ENV_CACHE_DIR = "SUPA_VECTORS_CACHE_DIR"
+DEFAULT_CACHE_SIZE = 256 * 1024 * 1024
+DEFAULT_CACHE_TTL = 300.0
+_MODES = ("network-first", "cache-first", "off")
+
+
+def default_cache_dir() -> Path:
+    """``$SUPA_VECTORS_CACHE_DIR``, else the user cache directory (``~/.cache/supa-vectors`` on Linux)."""
+    env = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    import platformdirs
+
+    return platformdirs.user_cache_path("supa-vectors")
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    """What an online upsert learned before it finished (or failed half-way)."""
+
+    statuses: dict[str, str]
+    vectors: dict[str, npt.NDArray[np.float32]]  # by content
+
+
+class OfflineLayer:
+    """One store's cache, breaker, outbox and mirror, and the flows that use them."""
+
+    def __init__(
+        self,
+        transport: object,
+        *,
+        cache_dir: str | os.PathLike[str] | None,
+        cache: CacheMode,
+        cache_ttl: float,
+        cache_size: int,
+        outbox: bool,
+        breaker: CircuitBreaker | None,
+    ) -> None:
+        if cache not in _MODES:
+            raise ConfigurationError(f"cache must be one of {', '.join(_MODES)}; got {cache!r}")
+        if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, int | float) or not cache_ttl >= 0:
+            raise ConfigurationError(f"cache_ttl must be a number of seconds >= 0, got {cache_ttl!r}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1024 * 1024:
+            raise ConfigurationError(f"cache_size must be at least 1 MiB (in bytes), got {cache_size!r}")
+        if not isinstance(outbox, bool):
+            raise ConfigurationError(f"outbox must be True or False, got {outbox!r}")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError(f"breaker must be a CircuitBreaker, got {type(breaker).__name__}")
+        self._transport = transport
+        self.mode: CacheMode = cache
+        self.ttl = float(cache_ttl)
+        self.cache_size = cache_size
+        self.outbox_enabled = outbox
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.directory = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
+        self.store = store_label(transport)
+        self.clock = time.time
+        self.schema_version = "unknown"
+        self._results: ResultsCache | None = None
+        self._outboxes: dict[str, Outbox] = {}
+        self._mirrors: dict[str, Mirror] = {}
+
+    # ---- components --------------------------------------------------------------------------------
+
+    @property
+    def cache_directory(self) -> Path:
+        if self.directory is None:
+            self.directory = default_cache_dir()
+        return self.directory
+
+    @property
+    def identity(self) -> str:
+        fingerprint = getattr(self._transport, "identity_fingerprint", None)
+        return str(fingerprint) if fingerprint else "unknown"
+
+    @property
+    def results(self) -> ResultsCache | None:
+        if self.mode == "off":
+            return None
+        if self._results is None:
+            self._results = ResultsCache(self.cache_directory, size_limit=self.cache_size, clock=self.clock)
+        return self._results
+
+    def _stem(self) -> str:
+        return Scope(self.store, self.identity, "", "").file_stem
+
+    def outbox(self) -> Outbox | None:
+        if not self.outbox_enabled:
+            return None
+        stem = self._stem()
+        found = self._outboxes.get(stem)
+        if found is None:
+            found = self._outboxes[stem] = Outbox(self.cache_directory / "outbox" / f"{stem}.sqlite3")
+        return found
+
+    def mirror(self) -> Mirror | None:
+        if self.mode == "off":
+            return None
+        stem = self._stem()
+        found = self._mirrors.get(stem)
+        if found is None:
+            found = self._mirrors[stem] = Mirror(self.cache_directory / "mirror" / f"{stem}.sqlite3")
+        return found
+
+    @property
+    def cache_errors(self) -> int:
+        """Failures of the cache and the mirror that were reported and bypassed."""
+        errors = self._results.errors if self._results is not None else 0
+        return errors + sum(m.errors for m in self._mirrors.values())
+
+    def scope(self, settings: StoreSettings) -> Scope:
+        return Scope(self.store, self.identity, settings.embedding_model, self.schema_version)
+
+    def has_pending(self) -> bool:
+        outbox = self.outbox()
+        if outbox is None:
+            return False
+        try:
+            return outbox.has_pending()
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("supa-vectors outbox %s cannot be read: %s", outbox.path, exc)
+            return False
+
+    def pending(self) -> list[PendingWrite]:
+        outbox = self.outbox()
+        return [] if outbox is None else outbox.pending()
+
+    def discard_rejected(self) -> int:
+        outbox = self.outbox()
+        return 0 if outbox is None else outbox.discard_rejected()
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+        for outbox in self._outboxes.values():
+            outbox.close()
+        for mirror in self._mirrors.values():
+            mirror.close()
+
+    # ---- settings ----------------------------------------------------------------------------------
+
+    def settings_flow(self) -> Flow[tuple[StoreSettings, bool]]:
+        """The store's settings and whether they are live; offline, the last ones seen (persisted)."""
+        key = settings_key(self.store, self.identity)
+        try:
+            raw = yield RpcCall("store_settings", {})
+        except SupaVectorsError as exc:
+            cached = self.results.get_settings(key) if self.results is not None else None
+            if not is_outage(exc) or cached is None:
+                raise
+            self.schema_version = str(cached.get("schema_version", "unknown"))
+            return StoreSettings.from_json(cached), False
+        settings = StoreSettings.from_json(raw)
+        if isinstance(raw, Mapping):
+            self.schema_version = str(raw.get("schema_version", "unknown"))
+            if self.results is not None:
+                self.results.put_settings(key, raw)
+        return settings, True
+
+    # ---- reads -------------------------------------------------------------------------------------
+
+    def _age(self, since: float) -> float:
+        return max(0.0, self.clock() - since)
+
+    def _embed_query(self, scope: Scope, text: str, dimension: int) -> Flow[npt.NDArray[np.float32]]:
+        results = self.results
+        key = scope.embedding_key(text)
+        cached = results.get_vector(key) if results is not None else None
+        if cached is not None and cached.shape == (dimension,):
+            return cached
+        vector: npt.NDArray[np.float32] = _rpc.check_embeddings((yield EmbedCall([text])), 1, dimension)[0]
+        if results is not None:
+            results.put_vector(key, vector)
+        return vector
+
+    def _cached(self, key: str) -> CachedAnswer | None:
+        results = self.results
+        if results is None:
+            return None
+        answer = results.get_answer(key)
+        if answer is None or not results.is_current(self.store, answer):
+            return None
+        return answer
+
+    def search_flow(
+        self,
+        query: str | npt.NDArray[np.float32],
+        k: int,
+        threshold: float | None,
+        filter: dict[str, Any],
+        settings: StoreSettings,
+    ) -> Flow[list[SearchResult]]:
+        scope = self.scope(settings)
+        key = scope.search_key("search", query, k, threshold, filter)
+        results = self.results
+        generation = results.generation(self.store) if results is not None else 0
+        if self.mode == "cache-first":
+            hit = self._cached(key)
+            if hit is not None and self._age(hit.created_at) <= self.ttl:
+                return _search_results(hit.rows, "cache", False, self._age(hit.created_at))
+        if isinstance(query, str):
+            vector = yield from self._embed_query(scope, query, settings.embedding_dimension)
+        else:
+            vector = query
+        try:
+            reply = yield RpcCall("match_documents", _rpc.match_params(vector, k, threshold, filter))
+        except SupaVectorsError as exc:
+            if not is_outage(exc) or self.mode == "off":
+                raise
+            return self._search_fallback(key, vector, k, threshold, filter, settings, exc)
+        found = _rpc.parse_search_rows(reply)
+        if results is not None:
+            rows = [r.model_dump(include={"id", "content", "metadata", "similarity"}) for r in found]
+            answer = CachedAnswer("search", rows, self.clock(), generation, k, threshold, filter, vector)
+            results.put_answer(key, answer)
+        return found
+
+    def _search_fallback(
+        self,
+        key: str,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        threshold: float | None,
+        filter: dict[str, Any],
+        settings: StoreSettings,
+        error: SupaVectorsError,
+    ) -> list[SearchResult]:
+        hit = self._cached(key)
+        if hit is not None:
+            return _search_results(hit.rows, "cache", True, self._age(hit.created_at))
+        mirror = self.mirror()
+        if mirror is not None:
+            try:
+                state = mirror.state()
+                if state.get("model") == settings.embedding_model and "synced_at" in state:
+                    hits = mirror.search(
+                        vector, k, threshold, canonical_json(filter), compile_predicate(filter)
+                    )
+                    if hits is not None:
+                        age = self._age(float(state["synced_at"]))
+                        return [
+                            SearchResult(
+                                id=h.id,
+                                content=h.content,
+                                metadata=h.metadata,
+                                similarity=h.similarity,
+                                source="mirror",
+                                stale=True,
+                                age_seconds=age,
+                            )
+                            for h in hits
+                        ]
+            except (sqlite3.Error, OSError, ValueError) as exc:
+                mirror.report("search", exc)
+        raise error
+
+    def hybrid_flow(
+        self,
+        text: str,
+        k: int,
+        filter: dict[str, Any],
+        tuning: _rpc.HybridTuning,
+        settings: StoreSettings,
+    ) -> Flow[list[HybridSearchResult]]:
+        """Hybrid search falls back to the cache only: the mirror has no full-text index to fuse with."""
+        scope = self.scope(settings)
+        tuning_key = {"ft": tuning.full_text_weight, "sem": tuning.semantic_weight, "rrf_k": tuning.rrf_k}
+        key = scope.search_key("hybrid", text, k, None, filter, tuning_key)
+        results = self.results
+        generation = results.generation(self.store) if results is not None else 0
+        if self.mode == "cache-first":
+            hit = self._cached(key)
+            if hit is not None and self._age(hit.created_at) <= self.ttl:
+                return _hybrid_results(hit.rows, False, self._age(hit.created_at))
+        vector = yield from self._embed_query(scope, text, settings.embedding_dimension)
+        try:
+            reply = yield RpcCall("hybrid_search", _rpc.hybrid_params(text, vector, k, filter, tuning))
+        except SupaVectorsError as exc:
+            if not is_outage(exc) or self.mode == "off":
+                raise
+            hit = self._cached(key)
+            if hit is None:
+                raise
+            return _hybrid_results(hit.rows, True, self._age(hit.created_at))
+        found = _rpc.parse_hybrid_rows(reply)
+        if results is not None:
+            rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
+            answer = CachedAnswer("hybrid", rows, self.clock(), generation, k, None, filter, vector)
+            results.put_answer(key, answer)
+        return found
+
+    # ---- writes ------------------------------------------------------------------------------------
+
+    def _record(self, changes: Sequence[Change] | None) -> None:
+        if self.results is not None:
+            self.results.record_writes(self.store, changes)
+
+    def _forget_in_mirror(self, ids: Sequence[str]) -> None:
+        mirror = self.mirror()
+        if mirror is None or not ids:
+            return
+        try:
+            mirror.forget(ids, transport_subject(self._transport))
+        except (sqlite3.Error, OSError) as exc:
+            mirror.report("delete", exc)
+
+    def _enqueue(self, outbox: Outbox, writes: Sequence[QueuedWrite], error: SupaVectorsError | None) -> None:
+        try:
+            outbox.enqueue(writes)
+        except (sqlite3.Error, OSError) as exc:
+            # The write can neither reach the backend nor wait on disk: the caller must know.
+            message = f"the backend is unreachable and the outbox {outbox.path} cannot take the write: {exc}"
+            raise BackendUnavailableError(message) from (error or exc)
+
+    def _queue_upserts(
+        self,
+        outbox: Outbox,
+        documents: Sequence[PreparedDocument],
+        settings: StoreSettings | None,
+        vectors: Mapping[str, npt.NDArray[np.float32]],
+        error: SupaVectorsError | None,
+    ) -> Flow[None]:
+        """Queue ``documents`` with their vectors (embedding now what is still missing, when the
+        store's model is known), so the replay needs no embedder and the cache can tell which
+        answers the writes may change."""
+        found: dict[int, npt.NDArray[np.float32]] = {}
+        for doc in documents:
+            vector = doc.embedding if doc.embedding is not None else vectors.get(doc.content)
+            if vector is not None:
+                found[doc.index] = vector
+        if settings is not None:
+            todo = [d for d in documents if d.index not in found]
+            for start in range(0, len(todo), EMBED_BATCH_SIZE):
+                batch = todo[start : start + EMBED_BATCH_SIZE]
+                output = yield EmbedCall([d.content for d in batch])
+                array = _rpc.check_embeddings(output, len(batch), settings.embedding_dimension)
+                for doc, vector in zip(batch, array, strict=True):
+                    found[doc.index] = vector
+        writes = [
+            QueuedWrite(
+                op="upsert",
+                id=d.id,
+                content=d.content,
+                content_hash=d.content_hash,
+                metadata=d.metadata,
+                embedding=found.get(d.index),
+            )
+            for d in documents
+        ]
+        self._enqueue(outbox, writes, error)
+        self._record([Change(d.id, vector=found.get(d.index), metadata=d.metadata) for d in documents])
+
+    def upsert_flow(
+        self, prepared: Sequence[PreparedDocument], settings: StoreSettings | None, identity: Identity | None
+    ) -> Flow[list[UpsertResult]]:
+        """Write online when possible; queue what the backend could not take (``settings`` is None when
+        the store was never reached: everything queues)."""
+        outbox = self.outbox()
+        if outbox is not None and (settings is None or self.has_pending()):
+            yield from self._queue_upserts(outbox, prepared, settings, {}, None)
+            return [UpsertResult(id=d.id, status="queued") for d in prepared]
+        if settings is None:
+            raise BackendUnavailableError("the backend is unreachable and the store's settings are unknown")
+        tracked = _Tracked({}, {})
+        try:
+            results: list[UpsertResult] = yield from _tracking(
+                _rpc.upsert_flow(prepared, settings, identity), tracked
+            )
+        except SupaVectorsError as exc:
+            if outbox is None or not is_outage(exc):
+                raise
+            rest = [d for d in prepared if d.id not in tracked.statuses]
+            self._record_upserts(prepared, tracked)
+            yield from self._queue_upserts(outbox, rest, settings, tracked.vectors, exc)
+            return [UpsertResult(id=d.id, status=tracked.statuses.get(d.id, "queued")) for d in prepared]  # type: ignore[arg-type]
+        self._record_upserts(prepared, tracked)
+        return results
+
+    def _record_upserts(self, prepared: Sequence[PreparedDocument], tracked: _Tracked) -> None:
+        changes = []
+        for doc in prepared:
+            if tracked.statuses.get(doc.id) in ("inserted", "updated"):
+                vector = doc.embedding if doc.embedding is not None else tracked.vectors.get(doc.content)
+                changes.append(Change(doc.id, vector=vector, metadata=doc.metadata))
+        self._record(changes)
+
+    def delete_flow(self, ids: Sequence[str]) -> Flow[DeleteCount]:
+        """Delete chunk by chunk; from the first chunk the backend cannot take (or while older writes
+        still wait in the outbox), the rest of the ids are queued."""
+        outbox = self.outbox()
+        chunks = _rpc.id_chunks(ids)
+        deleted = 0
+        for position, chunk in enumerate(chunks):
+            error: SupaVectorsError | None = None
+            if outbox is None or not self.has_pending():
+                try:
+                    rows = yield RpcCall("delete_documents", {"external_ids": chunk})
+                except SupaVectorsError as exc:
+                    if outbox is None or not is_outage(exc):
+                        raise
+                    error = exc
+                else:
+                    gone = [str(row["external_id"]) for row in _rows(rows, "delete_documents")]
+                    deleted += len(gone)
+                    self._record([Change(doc_id, deleted=True) for doc_id in gone])
+                    self._forget_in_mirror(chunk)
+                    continue
+            assert outbox is not None
+            rest = [doc_id for later in chunks[position:] for doc_id in later]
+            self._enqueue(outbox, [QueuedWrite(op="delete", id=doc_id) for doc_id in rest], error)
+            self._record([Change(doc_id, deleted=True) for doc_id in rest])
+            self._forget_in_mirror(rest)
+            return DeleteCount(deleted, queued=len(rest))
+        return DeleteCount(deleted)
+
+    def flush_flow(
+        self, settings: StoreSettings, identity: Identity | None, *, blocking: bool
+    ) -> Flow[FlushResult]:
+        """Replay the outbox in order, removing each batch once the server confirmed it.
+
+        A batch the backend cannot take stops the flush (the error propagates; everything from that
+        batch on stays queued). A document the server refuses is moved to the rejected list, and the
+        rest of its batch is sent again without it.
+        """
+        outbox = self.outbox()
+        if outbox is None or not outbox.has_pending():
+            return FlushResult()
+        upserted = deleted = 0
+        rejected: list[PendingWrite] = []
+        with outbox.flushing(blocking=blocking) as acquired:
+            if not acquired:
+                return FlushResult(remaining=outbox.count())
+            while batch := next_batch(outbox.head()):
+                if batch[0].op == "delete":
+                    rows = yield RpcCall("delete_documents", {"external_ids": [e.id for e in batch]})
+                    deleted += len(_rows(rows, "delete_documents"))
+                    changes = [Change(e.id, deleted=True) for e in batch]
+                else:
+                    try:
+                        prepared = _rpc.prepare_documents(
+                            [
+                                Document(
+                                    id=e.id,
+                                    content=e.content or "",
+                                    metadata=e.metadata or {},
+                                    embedding=None if e.embedding is None else e.embedding.tolist(),
+                                )
+                                for e in batch
+                            ]
+                        )
+                        _rpc.check_limits(prepared, settings)
+                        yield from _rpc.upsert_flow(prepared, settings, identity)
+                    except DocumentError as exc:
+                        if exc.index is None or not 0 <= exc.index < len(batch):
+                            raise
+                        refused = outbox.reject(batch[exc.index], str(exc))
+                        logger.warning(
+                            "supa-vectors outbox: the server refused queued %s of %r: %s",
+                            refused.op,
+                            refused.id,
+                            exc,
+                        )
+                        rejected.append(refused)
+                        continue
+                    upserted += len(batch)
+                    changes = [Change(e.id, vector=e.embedding, metadata=e.metadata) for e in batch]
+                outbox.remove([e.seq for e in batch])
+                self._record(changes)
+        return FlushResult(
+            upserted=upserted, deleted=deleted, rejected=tuple(rejected), remaining=outbox.count()
+        )
+
+    # ---- mirror ------------------------------------------------------------------------------------
+
+    def sync_flow(self, settings: StoreSettings, *, full: bool) -> Flow[SyncResult]:
+        mirror = self.mirror()
+        if mirror is None:
+            raise ConfigurationError("the mirror is part of the offline cache, which this store has off")
+        try:
+            mirror.state()
+        except sqlite3.DatabaseError as exc:
+            mirror.report("sync", exc)
+            mirror.recreate()
+            full = True
+        result: SyncResult = yield from sync_flow(mirror, settings, self.schema_version, full=full)
+        return result
+
+
+def _rows(value: Any, rpc: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(row, Mapping) for row in value):
+        raise BackendError(f"{rpc} returned {type(value).__name__}, not a list of rows")
+    return value
+
+
+def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[UpsertResult]]:
+    """Pass ``flow``'s operations through, remembering confirmed statuses and computed vectors, so an
+    upsert that fails half-way knows what the server already has."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration as done:
+            result: list[UpsertResult] = done.value
+            return result
+        reply, error = None, None
+        try:
+            reply = yield op
+        except SupaVectorsError as exc:
+            error = exc
+            continue
+        if isinstance(op, EmbedCall):
+            try:
+                for text, vector in zip(op.texts, np.asarray(reply, dtype=np.float32), strict=True):
+                    tracked.vectors[text] = vector
+            except (TypeError, ValueError):
+                pass  # upsert_flow reports a malformed embedder output itself
+        elif op.name == "bulk_upsert" and isinstance(reply, list):
+            for row in reply:
+                if isinstance(row, Mapping) and "external_id" in row and "status" in row:
+                    tracked.statuses[str(row["external_id"])] = str(row["status"])
+
+
+def _search_results(
+    rows: Sequence[Mapping[str, Any]], source: str, stale: bool, age: float
+) -> list[SearchResult]:
+    return [
+        SearchResult.model_validate({**row, "source": source, "stale": stale, "age_seconds": age})
+        for row in rows
+    ]
+
+
+def _hybrid_results(rows: Sequence[Mapping[str, Any]], stale: bool, age: float) -> list[HybridSearchResult]:
+    return [
+        HybridSearchResult.model_validate({**row, "source": "cache", "stale": stale, "age_seconds": age})
+        for row in rows
+    ]

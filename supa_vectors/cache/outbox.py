@@ -1,0 +1,373 @@
+"""The outbox: writes made while the backend was unreachable, kept on disk until they are replayed.
+
+Why sqlite3 directly (not diskcache): the outbox must never evict, must keep a total order across
+processes (an ``autoincrement`` sequence), and needs "the last queued write of this id" and "remove
+these" queries; diskcache's bounded key-value store offers none of that. One SQLite file per store and
+identity (a queued write is replayed as the identity that made it), in WAL mode with
+``synchronous=FULL``: an entry that ``add`` reported as queued survives a crash or a power cut.
+
+Replaying is safe to repeat. Entries leave the outbox only after the server confirmed them, so a crash
+between the server's commit and the removal replays them: ``bulk_upsert`` is idempotent by (owner,
+external id, content hash) and deleting an absent id deletes nothing. Entries replay in order; one
+flusher at a time per outbox (an ``flock`` on a lock file, released by the kernel if the process
+dies), so two processes never interleave their replays.
+
+Idempotent enqueueing: queueing the same write again (same id, same content hash and metadata, or a
+second delete) while the previous one still waits adds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from supa_vectors.cache.keys import canonical_json
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one flusher per process only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FlushResult", "Outbox", "PendingWrite", "QueuedWrite", "next_batch"]
+
+WriteOp = Literal["upsert", "delete"]
+# Entries replayed per request: bulk_upsert's chunking (500 rows) and delete_documents' id limit.
+BATCH_SIZE = 500
+
+_SCHEMA = """
+create table if not exists entries (
+  seq integer primary key autoincrement,
+  op text not null check (op in ('upsert', 'delete')),
+  doc_id text not null,
+  content text,
+  content_hash text,
+  metadata text,
+  embedding blob,
+  queued_at real not null
+);
+create index if not exists entries_doc_id on entries (doc_id, seq);
+create table if not exists rejected (
+  seq integer primary key,
+  op text not null,
+  doc_id text not null,
+  content text,
+  content_hash text,
+  metadata text,
+  queued_at real not null,
+  rejected_at real not null,
+  error text not null
+);
+"""
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write waiting in the outbox (``status="queued"``), or one the server refused on replay.
+
+    A ``rejected`` write stays listed (with the server's ``error``) until
+    ``discard_rejected()``: the app learns about it even when the replay happened in the background.
+    """
+
+    seq: int
+    op: WriteOp
+    id: str
+    content_hash: str | None
+    queued_at: datetime
+    status: Literal["queued", "rejected"] = "queued"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What one flush replayed: documents upserted and deleted, entries refused, entries still waiting."""
+
+    upserted: int = 0
+    deleted: int = 0
+    rejected: tuple[PendingWrite, ...] = ()
+    remaining: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedWrite:
+    """A write as it goes into and comes out of the outbox."""
+
+    op: WriteOp
+    id: str
+    content: str | None = None
+    content_hash: str | None = None
+    metadata: dict[str, Any] | None = None
+    embedding: npt.NDArray[np.float32] | None = None
+    seq: int = 0
+    queued_at: float = 0.0
+
+    def same_write(self, other: QueuedWrite) -> bool:
+        if self.op != other.op or self.id != other.id:
+            return False
+        if self.op == "delete":
+            return True
+        return self.content_hash == other.content_hash and canonical_json(
+            self.metadata or {}
+        ) == canonical_json(other.metadata or {})
+
+
+def next_batch(entries: Sequence[QueuedWrite], limit: int = BATCH_SIZE) -> list[QueuedWrite]:
+    """The longest prefix of one kind, without a repeated id, that one request may carry.
+
+    A repeated id ends the batch: bulk_upsert refuses an id twice in one call, and the second write
+    of an id must land after the first.
+    """
+    batch: list[QueuedWrite] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if len(batch) >= limit or entry.id in seen or (batch and entry.op != batch[0].op):
+            break
+        batch.append(entry)
+        seen.add(entry.id)
+    return batch
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+class Outbox:
+    """One store's and identity's queued writes in ``path`` (created on the first queued write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r})"
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        if not create and not self.path.exists():
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=full")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self, create: bool = False) -> Iterator[sqlite3.Connection | None]:
+        with self._lock:
+            conn = self._connect(create)
+            if conn is None:
+                yield None
+                return
+            conn.execute("begin immediate")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+
+    # ---- queueing ----------------------------------------------------------------------------------
+
+    def enqueue(self, writes: Sequence[QueuedWrite], *, now: float | None = None) -> int:
+        """Append ``writes`` in order (skipping repeats of the last queued write of an id); returns how
+        many were appended. Raises sqlite3/OSError errors: a write that cannot be queued must fail
+        loudly, never be reported as queued."""
+        stamp = time.time() if now is None else now
+        added = 0
+        with self._transaction(create=True) as conn:
+            assert conn is not None
+            for write in writes:
+                last = self._last_for(conn, write.id)
+                if last is not None and last.same_write(write):
+                    continue
+                embedding = None
+                if write.embedding is not None:
+                    embedding = np.ascontiguousarray(write.embedding, dtype="<f4").tobytes()
+                conn.execute(
+                    "insert into entries (op, doc_id, content, content_hash, metadata, embedding, queued_at)"
+                    " values (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        write.op,
+                        write.id,
+                        write.content,
+                        write.content_hash,
+                        None if write.metadata is None else canonical_json(write.metadata),
+                        embedding,
+                        stamp,
+                    ),
+                )
+                added += 1
+        return added
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> QueuedWrite:
+        seq, op, doc_id, content, content_hash, metadata, embedding, queued_at = row
+        return QueuedWrite(
+            op=op,
+            id=doc_id,
+            content=content,
+            content_hash=content_hash,
+            metadata=json.loads(metadata) if metadata is not None else None,
+            embedding=np.frombuffer(embedding, dtype="<f4").astype(np.float32) if embedding else None,
+            seq=int(seq),
+            queued_at=float(queued_at),
+        )
+
+    def _last_for(self, conn: sqlite3.Connection, doc_id: str) -> QueuedWrite | None:
+        row = conn.execute(
+            "select seq, op, doc_id, content, content_hash, metadata, embedding, queued_at from entries"
+            " where doc_id = ? order by seq desc limit 1",
+            (doc_id,),
+        ).fetchone()
+        return self._row(row) if row else None
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return False
+            return bool(conn.execute("select exists (select 1 from entries)").fetchone()[0] == 1)
+
+    def head(self, limit: int = BATCH_SIZE) -> list[QueuedWrite]:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "select seq, op, doc_id, content, content_hash, metadata, embedding, queued_at from entries"
+                " order by seq limit ?",
+                (limit,),
+            ).fetchall()
+        return [self._row(row) for row in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return 0
+            return int(conn.execute("select count(*) from entries").fetchone()[0])
+
+    def pending(self) -> list[PendingWrite]:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return []
+            queued = conn.execute("select seq, op, doc_id, content_hash, queued_at from entries order by seq")
+            out = [
+                PendingWrite(seq=seq, op=op, id=doc_id, content_hash=digest, queued_at=_utc(at))
+                for seq, op, doc_id, digest, at in queued.fetchall()
+            ]
+            refused = conn.execute(
+                "select seq, op, doc_id, content_hash, queued_at, error from rejected order by seq"
+            )
+            out += [
+                PendingWrite(
+                    seq=seq,
+                    op=op,
+                    id=doc_id,
+                    content_hash=digest,
+                    queued_at=_utc(at),
+                    status="rejected",
+                    error=error,
+                )
+                for seq, op, doc_id, digest, at, error in refused.fetchall()
+            ]
+        return out
+
+    # ---- replaying ---------------------------------------------------------------------------------
+
+    def remove(self, seqs: Sequence[int]) -> None:
+        with self._transaction() as conn:
+            if conn is not None:
+                conn.executemany("delete from entries where seq = ?", [(seq,) for seq in seqs])
+
+    def reject(self, entry: QueuedWrite, error: str, *, now: float | None = None) -> PendingWrite:
+        """Move an entry the server refused out of the queue, keeping it for the app to see."""
+        stamp = time.time() if now is None else now
+        with self._transaction() as conn:
+            if conn is not None:
+                conn.execute(
+                    "insert or replace into rejected"
+                    " select seq, op, doc_id, content, content_hash, metadata, queued_at, ?, ? from entries"
+                    " where seq = ?",
+                    (stamp, error, entry.seq),
+                )
+                conn.execute("delete from entries where seq = ?", (entry.seq,))
+        return PendingWrite(
+            seq=entry.seq,
+            op=entry.op,
+            id=entry.id,
+            content_hash=entry.content_hash,
+            queued_at=_utc(entry.queued_at),
+            status="rejected",
+            error=error,
+        )
+
+    def discard_rejected(self) -> int:
+        with self._transaction() as conn:
+            if conn is None:
+                return 0
+            return conn.execute("delete from rejected").rowcount
+
+    @contextlib.contextmanager
+    def flushing(self, *, blocking: bool) -> Iterator[bool]:
+        """Hold the flush lock for the block; yields False (without waiting) when another flusher has it
+        and ``blocking`` is false."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._flush_thread_lock(blocking) as acquired:
+            if not acquired:
+                yield False
+                return
+            with open(self._lock_path, "a+b") as handle:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                    except BlockingIOError:
+                        yield False
+                        return
+                try:
+                    yield True
+                finally:
+                    if fcntl is not None:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _flush_thread_lock(self, blocking: bool) -> Iterator[bool]:
+        acquired = _FLUSH_LOCKS.setdefault(str(self.path), threading.Lock()).acquire(blocking)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                _FLUSH_LOCKS[str(self.path)].release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+# flock excludes other processes (and other open files); this excludes other threads of ours, which
+# would otherwise each open the lock file and, on some systems, share one process-wide lock.
+_FLUSH_LOCKS: dict[str, threading.Lock] = {}

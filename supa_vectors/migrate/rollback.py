@@ -1,0 +1,55 @@
+"""Undoing one run: the database does it (``rollback_ingest_run``), in one transaction.
+
+The previous state of every document a run changed was saved by ``bulk_upsert`` in the transaction
+that changed it (see ``supabase/migrations/20261125000400_ingest_runs.sql``), so undoing needs nothing
+from the machine that ran the migration: no checkpoint, no backup, no source files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from supa_vectors.errors import BackendError, InvalidInputError
+from supa_vectors.migrate.report import RollbackReport
+from supa_vectors.transport.base import Transport
+
+__all__ = ["list_runs", "rollback_run"]
+
+
+def rollback_run(transport: Transport, run_id: str, *, force: bool = False) -> RollbackReport:
+    """Delete what ``run_id`` inserted and restore what it updated; see ``RollbackReport``.
+
+    A document changed after the run is a conflict and stays as it is (roll back the later run
+    first), unless ``force``.
+    """
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidInputError("run_id must be a non-empty string")
+    before = _run(transport, run_id)
+    if before is not None and before.get("status") == "rolled_back":
+        return RollbackReport(run_id=run_id, deleted=0, restored=0, conflicts=[], already_rolled_back=True)
+    rows = transport.rpc("rollback_ingest_run", {"run_id": run_id, "force": force})
+    if not isinstance(rows, list):
+        raise BackendError(f"rollback_ingest_run returned {type(rows).__name__}, not a list of rows")
+    outcomes = [(str(r["external_id"]), str(r["outcome"])) for r in rows if isinstance(r, Mapping)]
+    return RollbackReport(
+        run_id=run_id,
+        deleted=sum(1 for _, o in outcomes if o == "deleted"),
+        restored=sum(1 for _, o in outcomes if o == "restored"),
+        conflicts=[i for i, o in outcomes if o == "conflict"],
+    )
+
+
+def list_runs(transport: Transport, limit: int = 100) -> list[dict[str, Any]]:
+    """The runs the caller can see, newest first, with what each inserted and updated."""
+    rows = transport.rpc("list_ingest_runs", {"page_size": limit})
+    if not isinstance(rows, list):
+        raise BackendError(f"list_ingest_runs returned {type(rows).__name__}, not a list of rows")
+    return [dict(r) for r in rows if isinstance(r, Mapping)]
+
+
+def _run(transport: Transport, run_id: str) -> Mapping[str, Any] | None:
+    for row in list_runs(transport, 1000):
+        if row.get("run_id") == run_id:
+            return row
+    return None

@@ -1,0 +1,999 @@
+"""The migration itself: read → validate → embed → write, as a pipeline, resumable after any crash.
+
+Three kinds of threads, so the embedder never waits for the database:
+
+* the caller's thread reads and validates records and cuts them into batches;
+* ``workers`` embedding threads look each batch up in the store (only new or changed content is
+  embedded, so a second run embeds nothing) and embed it;
+* one writing thread sends the batches to ``bulk_upsert`` strictly in source order and, after each
+  commit, moves the checkpoint's cursor.
+
+At most ``workers + 2`` batches are in flight, which bounds memory whatever the size of the source.
+Writing in order is what makes the checkpoint a single cursor, and ``bulk_upsert`` being one
+transaction per batch is what makes the cursor honest: a batch is in the store completely or not at
+all. Re-sending a batch that did commit (a crash between the commit and the checkpoint) finds every
+record unchanged, and the server-side run history still counts it as this run's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from supa_vectors import _rpc
+from supa_vectors._rpc import (
+    JSON_BYTES_PER_FLOAT,
+    MAX_REQUEST_BYTES,
+    EmbedderLike,
+    StoreSettings,
+    SupportsSessionUserRpc,
+)
+from supa_vectors.errors import (
+    AuthError,
+    BackendUnavailableError,
+    DocumentError,
+    EmbeddingError,
+    InvalidInputError,
+    QueryTimeoutError,
+    SupaVectorsError,
+)
+from supa_vectors.migrate.backup import Backup, checksums, create_backup
+from supa_vectors.migrate.checkpoint import Checkpoint, Cursor, StoredProblem
+from supa_vectors.migrate.progress import NullProgress, Progress
+from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, RawRecord, SourceFile, discover, read_records
+from supa_vectors.migrate.report import (
+    MAX_PROBLEMS_IN_MEMORY,
+    Counts,
+    FileReport,
+    MigrationReport,
+    Problem,
+    VerifyReport,
+    write_json_report,
+)
+from supa_vectors.migrate.storeio import Retry, StoredRow, call, lookup
+from supa_vectors.migrate.validation import (
+    DEFAULT_MAX_METADATA_DEPTH,
+    EmbeddingPolicy,
+    FieldMap,
+    Issue,
+    Rules,
+    ValidRecord,
+    validate,
+)
+from supa_vectors.migrate.verify import verify_files
+from supa_vectors.store import VectorStore
+
+__all__ = [
+    "BULK_LOAD_MIN_ROWS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_STATE_DIR",
+    "MigrationOptions",
+    "find_resumable",
+    "migrate",
+    "new_run_id",
+]
+
+DEFAULT_STATE_DIR = Path(".supa-vectors") / "migrations"
+DEFAULT_BATCH_SIZE = 256
+# The first batch is small so the writer starts while the embedder works on the second.
+_FIRST_BATCH = 32
+# Loading into an HNSW index costs ~1.4 ms a row; building it over the loaded rows is ~7x cheaper. A
+# migration is a bulk job, so it drops the index sooner than an app's upsert does (10,000 rows); the
+# server still keeps the index when the store already holds more rows than the load brings.
+BULK_LOAD_MIN_ROWS = 1_000
+_CHECKPOINT = "checkpoint.sqlite3"
+_FILE_PROBLEM = -1  # position of a problem with a whole file
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How a run reads and writes; kept in the checkpoint so ``--resume`` continues the same way."""
+
+    fields: FieldMap = field(default_factory=FieldMap)
+    records_keys: tuple[str, ...] = DEFAULT_RECORDS_KEYS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = 1
+    embeddings_model: str | None = None
+    embedding_mismatch: EmbeddingPolicy = "recompute"
+    max_metadata_depth: int = DEFAULT_MAX_METADATA_DEPTH
+    backup: bool = True
+    verify: bool = True
+    bulk_load: bool | None = None
+    retry: Retry = field(default_factory=Retry)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "max_metadata_depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.embedding_mismatch not in ("recompute", "reject"):
+            raise InvalidInputError(
+                f"embedding_mismatch must be 'recompute' or 'reject', got {self.embedding_mismatch!r}"
+            )
+
+    def as_json(self) -> dict[str, Any]:
+        """What a resumed run must keep (batching and retries may change between attempts)."""
+        return {
+            "fields": self.fields.as_json(),
+            "records_keys": list(self.records_keys),
+            "embeddings_model": self.embeddings_model,
+            "embedding_mismatch": self.embedding_mismatch,
+            "max_metadata_depth": self.max_metadata_depth,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any], **overrides: Any) -> MigrationOptions:
+        fields = value["fields"]
+        return cls(
+            fields=FieldMap(
+                id=tuple(fields["id"]),
+                content=tuple(fields["content"]),
+                metadata=tuple(fields["metadata"]),
+                embedding=tuple(fields["embedding"]),
+                embedding_model=tuple(fields["embedding_model"]),
+            ),
+            records_keys=tuple(value["records_keys"]),
+            embeddings_model=value["embeddings_model"],
+            embedding_mismatch=value["embedding_mismatch"],
+            max_metadata_depth=int(value["max_metadata_depth"]),
+            **overrides,
+        )
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique without coordination: 20261125T221503Z-4f2a9c."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def find_resumable(state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR) -> str | None:
+    """The newest run in ``state_dir`` that did not complete, if any."""
+    root = Path(state_dir)
+    if not root.is_dir():
+        return None
+    for run_dir in sorted((p for p in root.iterdir() if (p / _CHECKPOINT).is_file()), reverse=True):
+        checkpoint = Checkpoint(run_dir / _CHECKPOINT)
+        try:
+            if checkpoint.get("status") != "completed":
+                return run_dir.name
+        finally:
+            checkpoint.close()
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches and the pipeline
+
+
+@dataclass
+class _Batch:
+    seq: int
+    records: list[ValidRecord]
+    cursor: tuple[int, int]  # (file index, position) of its last record
+    bytes_done: int
+    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    existing: dict[str, StoredRow] = field(default_factory=dict)
+    rejected: list[tuple[ValidRecord, Issue]] = field(default_factory=list)
+    embedded: int = 0
+    reused: int = 0
+    error: BaseException | None = None
+
+
+class _Pipeline:
+    """The embedding and writing threads, and the bounded, ordered hand-over between them."""
+
+    def __init__(
+        self,
+        *,
+        store: VectorStore,
+        embedder: EmbedderLike | None,
+        settings: StoreSettings,
+        checkpoint: Checkpoint,
+        files: Sequence[SourceFile],
+        run_id: str,
+        options: MigrationOptions,
+        progress: Progress,
+        dry_run: bool,
+    ) -> None:
+        self.store = store
+        self.transport = store.transport
+        self.embedder = embedder
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.files = files
+        self.run_id = run_id
+        self.options = options
+        self.progress = progress
+        self.dry_run = dry_run
+        self.stop = threading.Event()
+        self.slots = threading.BoundedSemaphore(options.workers + 2)
+        self.todo: list[_Batch | None] = []
+        self.todo_ready = threading.Condition()
+        self.done: dict[int, _Batch] = {}
+        self.done_ready = threading.Condition()
+        self.submitted = 0
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.documents = 0  # landed in this process
+
+    # -- threads -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for n in range(self.options.workers):
+            # Daemons: an embedder stuck in native code must not keep an interrupted process alive.
+            thread = threading.Thread(target=self._embed_loop, name=f"migrate-embed-{n}", daemon=True)
+            thread.start()
+        self.writer = threading.Thread(target=self._write_loop, name="migrate-write", daemon=True)
+        self.writer.start()
+
+    def submit(self, batch: _Batch) -> None:
+        """Hand a batch over; blocks while ``workers + 2`` batches are in flight."""
+        self.slots.acquire()
+        if self.stop.is_set():
+            self.slots.release()
+            raise _Stopped()
+        with self.todo_ready:
+            self.todo.append(batch)
+            self.todo_ready.notify()
+        self.submitted = batch.seq
+
+    def close(self) -> None:
+        """No more batches: let the threads finish what was submitted, then wait for the writer."""
+        with self.todo_ready:
+            self.todo.extend([None] * self.options.workers)
+            self.todo_ready.notify_all()
+        with self.done_ready:
+            self.closed = True
+            self.done_ready.notify_all()
+        while self.writer.is_alive():
+            self.writer.join(0.5)
+
+    def abort(self) -> None:
+        """Stop after the batch being written (a transaction is never cut; it commits or not)."""
+        self.stop.set()
+        with self.done_ready:
+            self.done_ready.notify_all()
+        with self.todo_ready:
+            self.todo_ready.notify_all()
+        if hasattr(self, "writer"):
+            while self.writer.is_alive():
+                self.writer.join(0.5)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self.stop.set()
+        # Wake a reader blocked on the in-flight limit.
+        for _ in range(self.options.workers + 2):
+            try:
+                self.slots.release()
+            except ValueError:
+                break
+        with self.done_ready:
+            self.done_ready.notify_all()
+
+    def _embed_loop(self) -> None:
+        while True:
+            with self.todo_ready:
+                while not self.todo and not self.stop.is_set():
+                    self.todo_ready.wait()
+                if self.stop.is_set():
+                    return
+                batch = self.todo.pop(0)
+            if batch is None:
+                return
+            try:
+                self._prepare(batch)
+            except BaseException as exc:
+                batch.error = exc
+            with self.done_ready:
+                self.done[batch.seq] = batch
+                self.done_ready.notify_all()
+
+    def _prepare(self, batch: _Batch) -> None:
+        batch.existing = lookup(self.transport, [r.id for r in batch.records], self.options.retry, self.stop)
+        if self.dry_run:
+            return
+        todo = []
+        for record in batch.records:
+            row = batch.existing.get(record.id)
+            if row is not None and row.content_hash == record.content_hash:
+                continue  # the store keeps its vector
+            if record.embedding is not None:
+                batch.vectors[record.id] = record.embedding
+                batch.reused += 1
+            else:
+                todo.append(record)
+        self._embed(batch, todo)
+
+    def _embed(self, batch: _Batch, records: list[ValidRecord]) -> None:
+        """Embed ``records``; a text the embedder fails on is rejected alone (found by halving)."""
+        if not records:
+            return
+        assert self.embedder is not None
+        try:
+            output = self.embedder.embed([r.content for r in records])
+            vectors = _rpc.check_embeddings(output, len(records), self.settings.embedding_dimension)
+        except SupaVectorsError as exc:
+            if not isinstance(exc, EmbeddingError | InvalidInputError):
+                raise
+            if len(records) == 1:
+                batch.rejected.append(
+                    (
+                        records[0],
+                        Issue("error", "embedding_failed", f"the embedder failed on this text: {exc}"),
+                    )
+                )
+                return
+            half = len(records) // 2
+            before = len(batch.rejected)
+            self._embed(batch, records[:half])
+            self._embed(batch, records[half:])
+            if len(batch.rejected) - before == len(records):
+                # Every text failed on its own: the embedder is broken, not the records.
+                del batch.rejected[before:]
+                raise
+            return
+        except Exception as exc:
+            raise EmbeddingError(f"the embedder failed on {len(records)} texts: {exc}") from exc
+        for record, vector in zip(records, vectors, strict=True):
+            batch.vectors[record.id] = vector
+        batch.embedded += len(records)
+
+    def _write_loop(self) -> None:
+        seq = 1
+        try:
+            while True:
+                with self.done_ready:
+                    while seq not in self.done and not self.stop.is_set():
+                        if self.closed and seq > self.submitted:
+                            return
+                        self.done_ready.wait()
+                    if self.stop.is_set():
+                        return
+                    batch = self.done.pop(seq)
+                if batch.error is not None:
+                    raise batch.error
+                self._write(batch)
+                seq += 1
+                self.slots.release()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _write(self, batch: _Batch) -> None:
+        refused = {r.id for r, _ in batch.rejected}
+        records = [r for r in batch.records if r.id not in refused]
+        rejected = list(batch.rejected)
+        statuses: dict[str, str] = {}
+        if self.dry_run:
+            for record in records:
+                row = batch.existing.get(record.id)
+                statuses[record.id] = (
+                    "inserted"
+                    if row is None
+                    else "unchanged"
+                    if row.content_hash == record.content_hash and row.metadata == record.metadata
+                    else "updated"
+                )
+        else:
+            statuses = self._upsert(batch, records, rejected)
+        for record, issue in rejected:
+            self.checkpoint.add_problem(record.file_index, record.position, record.line, record.id, issue)
+        landed: Counter[tuple[int, str]] = Counter()
+        for record in records:
+            if record.id in statuses:
+                landed[(record.file_index, statuses[record.id])] += 1
+        counts = {"embedded": batch.embedded, "reused_embeddings": batch.reused}
+        self.checkpoint.commit_batch(batch.cursor, landed, counts)
+        self.documents += sum(landed.values())
+        self.progress.advance(documents=self.documents, bytes_done=batch.bytes_done)
+
+    def _upsert(
+        self, batch: _Batch, records: list[ValidRecord], rejected: list[tuple[ValidRecord, Issue]]
+    ) -> dict[str, str]:
+        re_embedded = False
+        while records:
+            documents = [self._document(r) for r in records]
+            params: dict[str, Any] = {"documents": documents}
+            if any(r.id in batch.vectors for r in records):
+                params["embeddings"] = [batch.vectors.get(r.id) for r in records]
+            try:
+                send = functools.partial(self.transport.rpc, "bulk_upsert", params)
+                rows = call(send, self.options.retry, self.stop)
+            except DocumentError as exc:
+                if "no embedding" in str(exc) and not re_embedded:
+                    # Changed by someone else since the lookup: embed whatever lacks a vector, once.
+                    re_embedded = True
+                    before = len(batch.rejected)
+                    self._embed(batch, [r for r in records if r.id not in batch.vectors])
+                    failed = batch.rejected[before:]
+                    rejected.extend(failed)
+                    failed_ids = {r.id for r, _ in failed}
+                    records = [r for r in records if r.id not in failed_ids]
+                    continue
+                if exc.index is None or not 0 <= exc.index < len(records):
+                    raise
+                bad = records.pop(exc.index)
+                reason = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+                rejected.append((bad, Issue("error", "rejected_by_store", f"the store refused it: {reason}")))
+                continue
+            return {str(row["external_id"]): str(row["status"]) for row in rows}
+        return {}
+
+    def _document(self, record: ValidRecord) -> dict[str, Any]:
+        file = self.files[record.file_index]
+        return {
+            "external_id": record.id,
+            "content": record.content,
+            "metadata": record.metadata,
+            "system": {
+                "source_file": file.display,
+                "source_checksum": self.checksums[record.file_index],
+                "ingest_run_id": self.run_id,
+                "chunk_index": None,
+                "extra": {"position": record.position, "line": record.line},
+            },
+        }
+
+    checksums: list[str]
+
+
+class _Stopped(Exception):
+    """The pipeline stopped (a failure in another thread); the failure says why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read(
+    files: Sequence[SourceFile],
+    rules: Rules,
+    options: MigrationOptions,
+    checkpoint: Checkpoint,
+    cursor: Cursor | None,
+    ignored: Counter[str],
+) -> Iterator[ValidRecord | tuple[int, int]]:
+    """Valid, first-of-their-id records in source order; problems go to the checkpoint as met.
+
+    Yields ``(file index, bytes of it read)`` markers between records so batches know how far the
+    source is settled. Files wholly before the resume cursor are not even opened.
+    """
+    for file in files:
+        if cursor is not None and file.index < cursor.file_index:
+            continue
+        for item in read_records(
+            file, records_keys=options.records_keys, content_fields=rules.fields.content
+        ):
+            if not isinstance(item, RawRecord):
+                issue = Issue("error", item.code, item.reason)
+                if item.fatal:
+                    checkpoint.add_problem(file.index, _FILE_PROBLEM, item.line, None, issue)
+                    checkpoint.note_fatal(file.index, item.reason)
+                else:
+                    checkpoint.add_problem(file.index, item.position, item.line, None, issue)
+                    checkpoint.note_record(file.index, item.position)
+                continue
+            if cursor is not None and file.index == cursor.file_index and item.position <= cursor.position:
+                continue
+            checked = validate(item, rules)
+            first_time = checkpoint.note_record(
+                file.index, item.position, {"unknown_model_embeddings": int(checked.unknown_model_vector)}
+            )
+            if first_time:
+                ignored.update(checked.ignored_fields)
+            for issue in checked.issues:
+                checkpoint.add_problem(file.index, item.position, item.line, checked.id, issue)
+            record = checked.record
+            if record is None:
+                continue
+            first = checkpoint.claim(record.id, file.index, item.position)
+            if first is not None:
+                where = files[first[0]].display
+                checkpoint.add_problem(
+                    file.index,
+                    item.position,
+                    item.line,
+                    record.id,
+                    Issue(
+                        "error",
+                        "duplicate_id",
+                        f"the id {record.id!r} already appeared in {where} (record {first[1]}); "
+                        "the first one was migrated",
+                    ),
+                )
+                continue
+            yield record
+            yield (file.index, item.end_offset)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def migrate(
+    paths: Sequence[str | os.PathLike[str]] | None,
+    store: VectorStore,
+    *,
+    dry_run: bool = False,
+    resume: str | bool = False,
+    run_id: str | None = None,
+    state_dir: str | os.PathLike[str] = DEFAULT_STATE_DIR,
+    fields: FieldMap | None = None,
+    records_keys: Sequence[str] = DEFAULT_RECORDS_KEYS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 1,
+    embeddings_model: str | None = None,
+    embedding_mismatch: EmbeddingPolicy = "recompute",
+    max_metadata_depth: int = DEFAULT_MAX_METADATA_DEPTH,
+    backup: bool = True,
+    verify: bool = True,
+    bulk_load: bool | None = None,
+    retry: Retry | None = None,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """Move the JSON documents under ``paths`` into ``store``; see ``docs/decisions/0006-json-migration.md``.
+
+    Every good record lands exactly once; every bad one is listed (file, position, reason) in the
+    returned report and in ``<state_dir>/<run id>/report.json``. ``resume=True`` (or a run id)
+    continues an interrupted run from its checkpoint, with the paths and reading options it started
+    with. Ctrl-C stops after the batch being written, records the run as interrupted and re-raises
+    ``KeyboardInterrupt``; a failure (the database gone for longer than the retries) re-raises the
+    error; both can be resumed. A dry run reads, validates and looks records up, and writes nothing.
+    """
+    settings = store.settings()
+    state_root = Path(state_dir)
+    overrides: dict[str, Any] = {
+        "batch_size": batch_size,
+        "workers": workers,
+        "backup": backup,
+        "verify": verify,
+        "bulk_load": bulk_load,
+        "retry": retry or Retry(),
+    }
+    if resume:
+        if dry_run:
+            raise InvalidInputError("a dry run cannot resume a run")
+        run_id = resume if isinstance(resume, str) else find_resumable(state_root)
+        if run_id is None:
+            raise InvalidInputError(f"no unfinished run to resume in {state_root}")
+        run_dir = state_root / run_id
+        if not (run_dir / _CHECKPOINT).is_file():
+            raise InvalidInputError(f"no run {run_id} in {state_root} (looked for {run_dir / _CHECKPOINT})")
+        checkpoint = Checkpoint(run_dir / _CHECKPOINT)
+        try:
+            if checkpoint.get("status") == "completed":
+                raise InvalidInputError(f"run {run_id} already completed; nothing to resume")
+            options = MigrationOptions.from_json(checkpoint.get("options"), **overrides)
+            recorded = [str(p) for p in checkpoint.get("paths")]
+            if paths and [Path(p).resolve() for p in paths] != [Path(p).resolve() for p in recorded]:
+                raise InvalidInputError(
+                    f"run {run_id} migrated {', '.join(recorded)}; "
+                    "resume it without paths or with the same ones"
+                )
+            files = discover(recorded)
+        except BaseException:
+            checkpoint.close()
+            raise
+        source_paths: list[str] = recorded
+    else:
+        if not paths:
+            raise InvalidInputError("no source paths given")
+        options = MigrationOptions(
+            fields=fields or FieldMap(),
+            records_keys=tuple(records_keys),
+            embeddings_model=embeddings_model,
+            embedding_mismatch=embedding_mismatch,
+            max_metadata_depth=max_metadata_depth,
+            **overrides,
+        )
+        files = discover(paths)
+        source_paths = [str(p) for p in paths]
+        run_id = run_id or new_run_id()
+        if dry_run:
+            run_dir = Path(tempfile.mkdtemp(prefix="supa-vectors-dry-run-"))
+        else:
+            run_dir = state_root / run_id
+            if run_dir.exists():
+                raise InvalidInputError(f"{run_dir} exists already; pick another run id, or resume it")
+        checkpoint = None
+    if options.batch_size > settings.max_batch_size:
+        raise InvalidInputError(
+            f"batch_size is {options.batch_size}; the store takes at most {settings.max_batch_size} per call"
+        )
+    embedder: EmbedderLike | None = None
+    if not dry_run:
+        embedder = store.embedder
+        _rpc.check_embedder(embedder, settings)
+    if checkpoint is None:
+        run_dir.mkdir(parents=True, exist_ok=dry_run)
+        checkpoint = Checkpoint(run_dir / _CHECKPOINT)
+        checkpoint.set("run_id", run_id)
+        checkpoint.set("paths", source_paths)
+        checkpoint.set("options", options.as_json())
+        checkpoint.set("status", "running")
+    try:
+        return _Run(
+            store=store,
+            embedder=embedder,
+            settings=settings,
+            files=files,
+            paths=source_paths,
+            run_id=run_id,
+            run_dir=run_dir,
+            checkpoint=checkpoint,
+            options=options,
+            progress=progress or NullProgress(),
+            dry_run=dry_run,
+            resumed=bool(resume),
+        ).run()
+    finally:
+        checkpoint.close()
+        if dry_run:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _Run:
+    def __init__(
+        self,
+        *,
+        store: VectorStore,
+        embedder: EmbedderLike | None,
+        settings: StoreSettings,
+        files: list[SourceFile],
+        paths: list[str],
+        run_id: str,
+        run_dir: Path,
+        checkpoint: Checkpoint,
+        options: MigrationOptions,
+        progress: Progress,
+        dry_run: bool,
+        resumed: bool,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.files = files
+        self.paths = paths
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+        self.options = options
+        self.progress = progress
+        self.dry_run = dry_run
+        self.resumed = resumed
+        self.rules = Rules(
+            settings=settings,
+            fields=options.fields,
+            embeddings_model=options.embeddings_model,
+            embedding_mismatch=options.embedding_mismatch,
+            max_metadata_depth=options.max_metadata_depth,
+        )
+        self.started_at = datetime.now(timezone.utc)
+        self.clock = time.monotonic()
+        self.backup: Backup | None = None
+        self.bulk_loading = False
+        self.ignored: Counter[str] = Counter()
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def run(self) -> MigrationReport:
+        files = self.files
+        pipeline: _Pipeline | None = None
+        status = "dry_run" if self.dry_run else "completed"
+        error: BaseException | None = None
+        documents = 0
+        starts = [0]
+        for file in files:
+            starts.append(starts[-1] + file.size)
+        self.progress.start(
+            total_bytes=starts[-1], files=len(files), run_id=self.run_id, resumed=self.resumed
+        )
+        try:
+            hashes = self._checksums(files)
+            for file, sha in zip(files, hashes, strict=True):
+                self.checkpoint.add_file(file.index, file.display, file.key, file.size, sha)
+            if not self.dry_run:
+                self._begin()
+            pipeline = _Pipeline(
+                store=self.store,
+                embedder=self.embedder,
+                settings=self.settings,
+                checkpoint=self.checkpoint,
+                files=files,
+                run_id=self.run_id,
+                options=self.options,
+                progress=self.progress,
+                dry_run=self.dry_run,
+            )
+            pipeline.checksums = hashes
+            pipeline.start()
+            with contextlib.suppress(_Stopped):  # the pipeline's failure says why
+                self._feed(files, starts, self.checkpoint.cursor(), pipeline)
+            pipeline.close()
+            if pipeline.failure is not None:
+                raise pipeline.failure
+        except KeyboardInterrupt as exc:
+            status, error = "interrupted", exc
+        except BaseException as exc:
+            status, error = "failed", exc
+        finally:
+            if pipeline is not None:
+                if error is not None:
+                    pipeline.abort()
+                documents = pipeline.documents
+            self.checkpoint.flush()
+            self.progress.finish()
+        # With the database unreachable, every further call would only wait out the pool's timeout.
+        reachable = not isinstance(error, BackendUnavailableError | QueryTimeoutError)
+        if reachable:
+            self._finish_bulk_load()
+        verify_report = None
+        if error is None and not self.dry_run and self.options.verify:
+            self.progress.note("checking every record against the store")
+            verify_report = verify_files(
+                files, self.store.transport, self.rules, records_keys=self.options.records_keys
+            )
+        report = self._report(files, status, verify_report, documents, error)
+        if not self.dry_run:
+            self.checkpoint.set("status", status)
+            if reachable:
+                report = self._end(status, report)
+            path = self.run_dir / "report.json"
+            report = report.model_copy(update={"report_path": str(path)})
+            write_json_report(report, path, self._problems(files))
+        if error is not None:
+            raise error
+        return report
+
+    def _checksums(self, files: Sequence[SourceFile]) -> list[str]:
+        recorded = self.checkpoint.file_hashes()
+        if self.options.backup and not self.dry_run and not (self.run_dir / "backup.tar.gz").exists():
+            self.progress.note(f"backing up {len(files)} files to {self.run_dir / 'backup.tar.gz'}")
+            self.backup, hashes = create_backup(files, self.run_dir, self.run_id)
+        else:
+            hashes = checksums(files)
+            if (self.run_dir / "backup.tar.gz").exists():
+                self.backup = Backup(self.run_dir / "backup.tar.gz", self.run_dir / "manifest.json")
+        if recorded:
+            now = {f.index: (f.display, h) for f, h in zip(files, hashes, strict=True)}
+            if now != recorded:
+                changed = sorted(
+                    {d for i, (d, h) in recorded.items() if now.get(i) != (d, h)}
+                    | {d for i, (d, h) in now.items() if recorded.get(i) != (d, h)}
+                )
+                raise InvalidInputError(
+                    f"the source changed since run {self.run_id} started ({', '.join(changed[:5])}"
+                    + (" ..." if len(changed) > 5 else "")
+                    + "); its checkpoint no longer applies. Start a new run: what landed stays, and "
+                    "unchanged records are skipped"
+                )
+        return hashes
+
+    def _begin(self) -> None:
+        call(
+            lambda: self.store.transport.rpc(
+                "begin_ingest_run",
+                {
+                    "run_id": self.run_id,
+                    "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
+                    "options": self.options.as_json(),
+                },
+            ),
+            self.options.retry,
+        )
+
+    def _end(self, status: str, report: MigrationReport) -> MigrationReport:
+        """Record how the run ended; take inserted/updated from the store's run history.
+
+        The history counts what this run changed even when a batch was re-sent after a crash (the
+        re-sent batch finds its records unchanged), so its totals are exact where the checkpoint's
+        per-file counts can be off by that one batch.
+        """
+        final = {"completed": "completed", "interrupted": "interrupted"}.get(status, "failed")
+        summary = report.counts.model_dump() | {"seconds": round(report.seconds, 3)}
+        try:
+            rows = self.store.transport.rpc(
+                "finish_ingest_run", {"run_id": self.run_id, "final_status": final, "summary": summary}
+            )
+        except SupaVectorsError:
+            # The database may be the reason the run stopped; the checkpoint still has everything.
+            return report
+        if not isinstance(rows, list) or not rows:
+            return report
+        inserted, updated = int(rows[0]["inserted"]), int(rows[0]["updated"])
+        landed = report.counts.landed
+        if inserted + updated > landed:
+            return report
+        counts = report.counts.model_copy(
+            update={"inserted": inserted, "updated": updated, "unchanged": landed - inserted - updated}
+        )
+        return report.model_copy(update={"counts": counts})
+
+    def _maybe_begin_bulk_load(self, expected: int) -> None:
+        wanted = self.options.bulk_load
+        if wanted is None:
+            wanted = expected >= BULK_LOAD_MIN_ROWS
+        transport = self.store.transport
+        if not wanted or not isinstance(transport, SupportsSessionUserRpc):
+            return
+        try:
+            self.bulk_loading = bool(
+                transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": expected})
+            )
+        except AuthError:
+            self.bulk_loading = False  # not the table owner: load through the index
+        if self.bulk_loading:
+            self.progress.note(
+                f"bulk load: about {expected:,} documents, the vector index is rebuilt at the end"
+            )
+
+    def _finish_bulk_load(self) -> None:
+        transport = self.store.transport
+        if self.dry_run or not isinstance(transport, SupportsSessionUserRpc):
+            return
+        if not self.bulk_loading:
+            # A previous attempt of this run may have been killed with the index dropped.
+            try:
+                stats = transport.rpc("store_stats", {})
+            except SupaVectorsError:
+                return
+            if not isinstance(stats, dict) or stats.get("vector_index", True):
+                return
+        try:
+            self.progress.note("rebuilding the vector index")
+            transport.rpc_as_session_user("finish_bulk_load", {})
+        except SupaVectorsError as exc:
+            self.progress.note(
+                f"could not rebuild the vector index ({exc}); run the migration again to retry"
+            )
+
+    def _feed(
+        self, files: Sequence[SourceFile], starts: list[int], cursor: Cursor | None, pipeline: _Pipeline
+    ) -> None:
+        limit = self.options.batch_size
+        budget = MAX_REQUEST_BYTES
+        per_vector = self.settings.embedding_dimension * JSON_BYTES_PER_FLOAT + 16
+        batch: list[ValidRecord] = []
+        size = 0
+        seq = 0
+        first_size = min(limit, _FIRST_BATCH)
+        position = (0, 0)
+        for item in _read(files, self.rules, self.options, self.checkpoint, cursor, self.ignored):
+            if isinstance(item, tuple):
+                position = item
+                continue
+            cost = item.json_bytes + per_vector
+            if batch and (len(batch) >= (first_size if seq == 0 else limit) or size + cost > budget):
+                seq = self._submit(pipeline, seq, batch, starts, position, files)
+                batch, size = [], 0
+            batch.append(item)
+            size += cost
+        if batch:
+            last = batch[-1]
+            self._submit(pipeline, seq, batch, starts, (last.file_index, files[last.file_index].size), files)
+
+    def _submit(
+        self,
+        pipeline: _Pipeline,
+        seq: int,
+        batch: list[ValidRecord],
+        starts: list[int],
+        position: tuple[int, int],
+        files: Sequence[SourceFile],
+    ) -> int:
+        if seq == 0 and not self.dry_run:
+            self._maybe_begin_bulk_load(self._estimate(batch, starts, files))
+        last = batch[-1]
+        bytes_done = starts[position[0]] + min(position[1], files[position[0]].size)
+        pipeline.submit(
+            _Batch(seq=seq + 1, records=batch, cursor=(last.file_index, last.position), bytes_done=bytes_done)
+        )
+        return seq + 1
+
+    @staticmethod
+    def _estimate(batch: list[ValidRecord], starts: list[int], files: Sequence[SourceFile]) -> int:
+        """Rows the whole source will give, from the bytes per record seen so far."""
+        per_record = max(1, sum(r.json_bytes for r in batch) // len(batch))
+        return max(len(batch), starts[-1] // per_record)
+
+    # -- report --------------------------------------------------------------------------------
+
+    def _problems(self, files: Sequence[SourceFile]) -> Iterator[Problem]:
+        for stored in self.checkpoint.problems():
+            yield _problem(stored, files)
+
+    def _report(
+        self,
+        files: Sequence[SourceFile],
+        status: str,
+        verify_report: VerifyReport | None,
+        documents_here: int,
+        error: BaseException | None,
+    ) -> MigrationReport:
+        states = self.checkpoint.files()
+        counters = self.checkpoint.counters()
+        problems: list[Problem] = []
+        for stored in self.checkpoint.problems():
+            if len(problems) >= MAX_PROBLEMS_IN_MEMORY:
+                break
+            problems.append(_problem(stored, files))
+        totals = self.checkpoint.count_problems()
+        file_reports = [
+            FileReport(
+                path=s.display,
+                sha256=s.sha256,
+                records=s.records,
+                inserted=s.landed.get("inserted", 0),
+                updated=s.landed.get("updated", 0),
+                unchanged=s.landed.get("unchanged", 0),
+                rejected=s.errors - (1 if s.fatal else 0),
+                warnings=s.warnings,
+                error=s.fatal,
+            )
+            for s in states
+        ]
+        counts = Counts(
+            files=len(states),
+            records=sum(f.records for f in file_reports),
+            inserted=sum(f.inserted for f in file_reports),
+            updated=sum(f.updated for f in file_reports),
+            unchanged=sum(f.unchanged for f in file_reports),
+            rejected=sum(f.rejected for f in file_reports),
+            warnings=sum(f.warnings for f in file_reports),
+            file_errors=sum(1 for f in file_reports if f.error),
+            embedded=counters.get("embedded", 0),
+            reused_embeddings=counters.get("reused_embeddings", 0),
+            unknown_model_embeddings=counters.get("unknown_model_embeddings", 0),
+        )
+        finished = datetime.now(timezone.utc)
+        seconds = time.monotonic() - self.clock
+        return MigrationReport(
+            run_id=self.run_id,
+            status=status,  # type: ignore[arg-type]
+            resumed=self.resumed,
+            started_at=self.started_at,
+            finished_at=finished,
+            seconds=seconds,
+            documents_per_second=documents_here / seconds if seconds > 0 else 0.0,
+            counts=counts,
+            files=file_reports,
+            problems=problems,
+            problems_total=sum(totals.values()),
+            ignored_fields=dict(self.ignored),
+            bulk_load=self.bulk_loading,
+            backup=(
+                {"archive": str(self.backup.archive), "manifest": str(self.backup.manifest)}
+                if self.backup
+                else None
+            ),
+            verify=verify_report,
+            state_dir=None if self.dry_run else str(self.run_dir),
+            error=None if error is None or isinstance(error, KeyboardInterrupt) else str(error),
+        )
+
+
+def _problem(stored: StoredProblem, files: Sequence[SourceFile]) -> Problem:
+    return Problem(
+        file=files[stored.file_index].display if stored.file_index < len(files) else str(stored.file_index),
+        position=None if stored.position == _FILE_PROBLEM else stored.position,
+        line=stored.line,
+        id=stored.id,
+        severity=stored.severity,  # type: ignore[arg-type]
+        code=stored.code,
+        reason=stored.reason,
+    )

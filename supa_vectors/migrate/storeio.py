@@ -1,0 +1,86 @@
+"""The store calls a migration makes, and how it rides out a lost connection.
+
+A migration runs for minutes to hours, so a database restart or a network blip must not end it: calls
+that failed with "unavailable" or a timeout are retried with backoff. Retrying ``bulk_upsert`` is safe
+because a batch is one transaction — it either committed (the retry finds every record unchanged) or
+left nothing behind. When the retries run out, the error goes up and the run can be resumed.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from supa_vectors._rpc import ID_CHUNK_SIZE, transport_identity
+from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
+from supa_vectors.transport.base import Transport
+
+__all__ = ["Retry", "StoredRow", "call", "lookup"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """``attempts`` retries after the first try, waiting ``base * 2**n`` seconds (at most ``cap``)."""
+
+    attempts: int = 6
+    base: float = 0.5
+    cap: float = 10.0
+
+
+def call(fn: Callable[[], T], retry: Retry, stop: threading.Event | None = None) -> T:
+    failures = 0
+    while True:
+        try:
+            return fn()
+        except (BackendUnavailableError, QueryTimeoutError):
+            failures += 1
+            if failures > retry.attempts or (stop is not None and stop.is_set()):
+                raise
+            delay = min(retry.cap, retry.base * 2 ** (failures - 1))
+            # Waiting on the stop event (not sleeping) lets Ctrl-C end the wait at once.
+            if stop is not None and stop.wait(delay):
+                raise
+            if stop is None:
+                threading.Event().wait(delay)
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    content_hash: str
+    metadata: dict[str, Any]
+
+
+def lookup(
+    transport: Transport, ids: Sequence[str], retry: Retry, stop: threading.Event | None = None
+) -> dict[str, StoredRow]:
+    """What the store holds under these ids, as the caller would overwrite it.
+
+    A signed-in user sees its own rows and shared ones under the same id but writes only its own; the
+    service role writes the shared ones (owner null). Rows the caller would not write are left out.
+    """
+    identity = transport_identity(transport)
+    owner = identity.subject.lower() if identity is not None and identity.subject else None
+    found: dict[str, StoredRow] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), ID_CHUNK_SIZE):
+        chunk = unique[start : start + ID_CHUNK_SIZE]
+        params: dict[str, Any] = {"external_ids": chunk}
+        rows = call(functools.partial(transport.rpc, "get_documents", params), retry, stop)
+        if not isinstance(rows, list):
+            raise BackendError(f"get_documents returned {type(rows).__name__}, not a list of rows")
+        for row in rows:
+            if not isinstance(row, Mapping):
+                raise BackendError("get_documents returned a row that is not an object")
+            row_owner = str(row.get("owner_id")).lower() if row.get("owner_id") else None
+            if identity is not None and row_owner != owner:
+                continue
+            metadata = row.get("metadata")
+            found[str(row["external_id"])] = StoredRow(
+                str(row["content_hash"]), metadata if isinstance(metadata, dict) else {}
+            )
+    return found
