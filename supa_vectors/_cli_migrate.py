@@ -130,7 +130,8 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         type=int,
         default=Retry().attempts,
         metavar="N",
-        help="retries of a call that lost the database, with backoff, before the run stops (default 6, ~25 s)",
+        help="retries of a call that lost the database, with backoff, before the run stops "
+        "(default 6, ~25 s)",
     )
     run.add_argument(
         "--quantized", action="store_true", help="embed with the int8 model (about twice as fast)"

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,14 @@ from supa_vectors.errors import (
     DocumentError,
     SupaVectorsError,
 )
-from supa_vectors.models import DeleteCount, Document, HybridSearchResult, SearchResult, UpsertResult
+from supa_vectors.models import (
+    DeleteCount,
+    Document,
+    HybridSearchResult,
+    SearchResult,
+    UpsertResult,
+    UpsertStatus,
+)
 from supa_vectors.transport.identity import Identity
 
 __all__ = [
@@ -434,7 +441,10 @@ class OfflineLayer:
             rest = [d for d in prepared if d.id not in tracked.statuses]
             self._record_upserts(prepared, tracked)
             yield from self._queue_upserts(outbox, rest, settings, tracked.vectors, exc)
-            return [UpsertResult(id=d.id, status=tracked.statuses.get(d.id, "queued")) for d in prepared]  # type: ignore[arg-type]
+            return [
+                UpsertResult(id=d.id, status=cast(UpsertStatus, tracked.statuses.get(d.id, "queued")))
+                for d in prepared
+            ]
         self._record_upserts(prepared, tracked)
         return results
 
