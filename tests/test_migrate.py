@@ -594,6 +594,17 @@ def test_a_lost_connection_stops_the_run_and_resume_finishes_it(db: str, state: 
             migrate(None, store, state_dir=state, resume=True)
 
 
+def test_several_embedding_workers_still_write_in_source_order(db: str, state: Path, tmp_path: Path) -> None:
+    source = many_records(tmp_path / "src", files=4, per_file=25)
+    with store_for(db) as store:
+        report = migrate([source], store, state_dir=state, batch_size=7, workers=3)
+    assert report.all_landed
+    assert report.counts.inserted == 100
+    # Batches commit in order, so insertion order (the identity column) is source order.
+    ids = [r[0] for r in rows(db, "select external_id from public.documents order by id")]
+    assert ids == [f"r{f}-{i}" for f in range(4) for i in range(25)]
+
+
 def test_resume_refuses_a_source_that_changed_since(db: str, state: Path, tmp_path: Path) -> None:
     source = many_records(tmp_path / "src")
     flaky = VectorStore(_FlakyTransport(db, lose_at=2), embedder=FakeEmbedder())  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ both ways; ``bulk_upsert`` gets its vectors as one binary ``vector[]`` parameter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -225,6 +226,12 @@ class PostgresTransport(_Base):
                     cursor = conn.cursor()
                     cursor.execute(query, values, binary=True)
                 rows = cursor.fetchall()
+        except psycopg.OperationalError as exc:
+            # The server went away: drop the idle connections it broke too, so the first call after a
+            # restart does not fail on a stale one (checking on every checkout would cost a round trip).
+            with contextlib.suppress(Exception):
+                self._pool.check()
+            raise _translate(exc, self._timeout) from exc
         except psycopg.Error as exc:
             raise _translate(exc, self._timeout) from exc
         except (TypeError, ValueError) as exc:
@@ -301,6 +308,10 @@ class AsyncPostgresTransport(_Base):
                     cursor = conn.cursor()
                     await cursor.execute(query, values, binary=True)
                 rows = await cursor.fetchall()
+        except psycopg.OperationalError as exc:
+            with contextlib.suppress(Exception):
+                await self._pool.check()
+            raise _translate(exc, self._timeout) from exc
         except psycopg.Error as exc:
             raise _translate(exc, self._timeout) from exc
         except (TypeError, ValueError) as exc:
