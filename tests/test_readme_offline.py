@@ -1,7 +1,6 @@
 """The README's "When Supabase is down" walk-through runs as written and prints what it says it prints.
 
 It really stops and starts a local stack of its own, in separate processes, with the real ONNX model.
-The section is read from README.md once it is there, else from docs/readme-offline.md (its source).
 The /tmp paths of the walk-through are swapped for this run's own, so parallel runs cannot collide.
 """
 
@@ -22,9 +21,8 @@ HEADING = "## When Supabase is down"
 
 def section() -> str:
     readme = (REPO_ROOT / "README.md").read_text("utf-8")
-    if HEADING in readme:
-        return readme.split(HEADING, 1)[1].split("\n## ", 1)[0]
-    return (REPO_ROOT / "docs" / "readme-offline.md").read_text("utf-8").split(HEADING, 1)[1]
+    assert HEADING in readme
+    return readme.split(HEADING, 1)[1].split("\n## ", 1)[0]
 
 
 def test_the_offline_walk_through_runs_as_written() -> None:
