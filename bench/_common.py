@@ -115,7 +115,8 @@ def near_queries(vectors: F32, count: int, seed: int, noise: float = 0.02) -> F3
     rng = np.random.default_rng(seed)
     picked = vectors[rng.integers(0, len(vectors), count)]
     q = picked + noise * rng.standard_normal(picked.shape).astype(np.float32)
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    out: F32 = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def exact_top_k(

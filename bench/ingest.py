@@ -200,7 +200,7 @@ def vecs_missing() -> str | None:
     """Why vecs cannot run here, or None. It is installed without its dependency pins (see
     BENCHMARKS.md): vecs 0.4.5 pins pgvector 0.3.*, which the SDK's tests do not pass with."""
     try:
-        import vecs  # noqa: F401
+        import vecs  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as exc:
         return f"vecs is not installed ({exc}); pip install --no-deps vecs==0.4.5"
     return None
@@ -289,7 +289,7 @@ def run(quick: bool) -> dict[str, float]:
                 rates["vecs upsert"], vecs_build = nan, nan
                 if target is not None:
                     target.fresh()
-                    rates["vecs upsert"] = _rate(size, lambda r=rows, t=target: t.load(r))
+                    rates["vecs upsert"] = _rate(size, lambda r=rows, t=target: t.load(r))  # type: ignore[misc]
                     vecs_build = target.build_index()
 
                 # The store holds the last load (naive's, the same rows): build the index over it,
@@ -343,7 +343,7 @@ def run(quick: bool) -> dict[str, float]:
                     spent[name] += time.perf_counter() - start
                 vecs_more = make_rows(extra // 2, f"x{size}-", seed=size + 1, texts=texts)
                 vecs_rate = (
-                    nan if target is None else _rate(len(vecs_more), lambda r=vecs_more, t=target: t.load(r))
+                    nan if target is None else _rate(len(vecs_more), lambda r=vecs_more, t=target: t.load(r))  # type: ignore[misc]
                 )
                 with_index = {n: (extra / 2) / s for n, s in spent.items()}
                 report.heading(

@@ -2,21 +2,22 @@
 
 * documents/s of the whole migration (``supa_vectors.migrate.migrate``: discover, back up, validate,
   embed, write, rebuild the index, verify) of the postgres-docs corpus into an empty store, with the
-  production embedder (ONNX fp32);
-* the embedder's own documents/s on a spread of the same texts, batched as the migration batches them,
-  measured right before and right after the migration (the mean brackets it in time, on a machine
-  whose load changes): the migration's target is >= 90% of it, since embedding and writing overlap;
-  and, robust to such load changes, the share of the migration's wall time the embedder was busy;
-* the naive path most first versions write, measured in the same process on the same texts: per
-  document, embed it, INSERT the document (one round trip), INSERT its embedding (another); on the
-  first 500 sections (it is slow, and its rate does not depend on the count);
+  production embedder (ONNX fp32), and the share of that run the embedder was busy: the pipeline
+  overlaps writing with embedding, so the migration runs at that share of the embedder's own speed
+  (the target is >= 90%), a figure the machine's changing load cannot skew;
+* the same comparison side by side on a sample, in alternating rounds (this machine's load changes by
+  the minute, so paths measured minutes apart are not comparable): the migration, the naive path most
+  first versions write (per document: embed it, INSERT the document, INSERT its embedding: two round
+  trips), and the embedder alone (batches of 256) on the same texts;
+* the write path alone: the whole corpus through the migration and through the naive path with a fast
+  deterministic embedder, so what is compared is batching, binary vectors and the index, not the model;
 * peak traced Python memory (tracemalloc) of a migration of the corpus at 1x and of synthetic copies at
-  10x (each record ten times per file, new ids and texts), with a fast deterministic embedder so the
-  10x run takes minutes: memory should not grow with the corpus.
+  10x (each record ten times per file, new ids and texts), with the fast embedder: memory should not
+  grow with the corpus.
 
 Everything runs on a fresh local stack of its own (``bench_stack``), one new database per measurement.
-``quick`` takes 120 files (~310 sections), 60 naive documents and 1x/10x of 300 sections (with
-batches of 64, so 1x fills the pipeline as 10x does).
+``quick`` takes 120 files (~310 sections), samples of 40, and 1x/10x of 300 sections (with batches of
+64, so 1x fills the pipeline as 10x does).
 """
 
 from __future__ import annotations
@@ -218,48 +219,91 @@ def peak_memory(url: str, source: Path, state: Path, batch_size: int) -> tuple[i
 # --------------------------------------------------------------------------------------------------
 
 
+def sample_source(files: Sequence[Path], count: int, target: Path) -> tuple[Path, list[str]]:
+    """``count`` records spread over the corpus, as one list-shaped file (ids and texts kept)."""
+    records = [r for f in files for r in records_of(f)]
+    picked = spread(records, count)
+    target.mkdir(parents=True)
+    out = [
+        {
+            "id": r.get("id") or r["metadata"]["doc_id"],
+            "content": r.get("content") or r["page_content"],
+            "metadata": r["metadata"],
+        }
+        for r in picked
+    ]
+    (target / "sample.json").write_text(json.dumps(out), encoding="utf-8")
+    return target, [str(r["content"]) for r in out]
+
+
+def side_by_side(
+    server: str, files: Sequence[Path], count: int, rounds: int, embedder: Any, work: Path
+) -> tuple[float, float, float]:
+    """docs/s of (migration, naive, embedder alone) on the same sample, in alternating rounds."""
+    source, texts = sample_source(files, count, work / "sample")
+    seconds = {"migration": 0.0, "naive": 0.0, "alone": 0.0}
+    for r in range(rounds):
+        order = ["migration", "naive", "alone"] if r % 2 == 0 else ["alone", "naive", "migration"]
+        for leg in order:
+            if leg == "alone":
+                seconds["alone"] += embedder_alone(texts, embedder, 256)
+                continue
+            with fresh_database(server, f"bench_{leg}_{r}") as url:
+                if leg == "naive":
+                    seconds["naive"] += naive(url, texts, embedder)
+                else:
+                    seconds["migration"] += migrate_once(url, source, work / f"state-{r}", embedder)[0]
+    total = count * rounds
+    return total / seconds["migration"], total / seconds["naive"], total / seconds["alone"]
+
+
 def run(quick: bool) -> dict[str, float]:
     from supa_vectors.embedding import OnnxEmbedder
 
     report = Report("migration")
     files = corpus_files(quick)
     texts = texts_of(files)
-    naive_count = 60 if quick else min(500, len(texts))
-    sample = spread(texts, 256 if quick else 768)
     embedder = OnnxEmbedder()
     embedder.load()
+    embedder.embed(texts[:64])  # warm up
     work = Path(tempfile.mkdtemp(prefix="supa-vectors-bench-migration-"))
     try:
         source = copy_sources(files, work / "source")
         with bench_stack() as server:
             report.heading(f"{len(texts):,} sections in {len(files)} files, ONNX fp32, into an empty store")
-            embedder.embed(texts[:64])  # warm up
-            before = embedder_alone(sample, embedder, 256)
             timed = Timed(embedder)
             with fresh_database(server, "bench_migration") as url:
                 seconds, result = migrate_once(url, source, work / "state", timed)
                 rate = result.counts.landed / seconds
                 assert count_documents(url) == len(texts)
-            after = embedder_alone(sample, embedder, 256)
-            alone_rate = 2 * len(sample) / (before + after)
-            with fresh_database(server, "bench_naive") as url:
-                naive_seconds = naive(url, texts[:naive_count], embedder)
-                naive_rate = naive_count / naive_seconds
-            report.figure("embedder alone, batches of 256 (before + after)", alone_rate, "docs/s")
-            report.figure(
-                "migration, whole run (backup, embed, write, index, verify)",
-                rate,
-                "docs/s",
-                {"embedder alone": ratio(rate, alone_rate), "naive": ratio(rate, naive_rate)},
-            )
-            report.figure(
-                f"naive: embed + 2 INSERTs per document ({naive_count:,} docs)", naive_rate, "docs/s"
-            )
-            # Robust to the machine's changing load: how much of the run the embedder was busy. The
-            # rest is what the pipeline adds (reading, backup, the last write, index, verify).
-            report.figure("embedder busy during the migration", 100 * timed.seconds / seconds, "% of the run")
+            busy = timed.seconds / seconds
+            report.figure("migration, whole run (backup, embed, write, index, verify)", rate, "docs/s")
+            # The rest of the run is what the pipeline adds: reading, backup, the last write, index, verify.
+            report.figure("embedder busy during the migration", 100 * busy, "% of the run")
             report.figure("migration, of which verify", result.verify.seconds if result.verify else 0.0, "s")
             report.note(f"bulk load (index dropped and rebuilt): {result.bulk_load}")
+
+            count, rounds = (40, 2) if quick else (150, 2)
+            report.heading(f"side by side: {count} sections x {rounds} rounds, ONNX fp32, alternating order")
+            m_rate, n_rate, a_rate = side_by_side(server, files, count, rounds, embedder, work / "side")
+            report.figure("embedder alone, batches of 256", a_rate, "docs/s")
+            report.figure(
+                "migration",
+                m_rate,
+                "docs/s",
+                {"embedder alone": ratio(m_rate, a_rate), "naive": ratio(m_rate, n_rate)},
+            )
+            report.figure("naive: embed + 2 INSERTs per document", n_rate, "docs/s")
+
+            report.heading(f"write path: {len(texts):,} sections, fast hash embedder")
+            hashing = HashEmbedder()
+            with fresh_database(server, "bench_write_migration") as url:
+                w_seconds, _ = migrate_once(url, source, work / "state-hash", hashing)
+            with fresh_database(server, "bench_write_naive") as url:
+                wn_seconds = naive(url, texts, hashing)
+            w_rate, wn_rate = len(texts) / w_seconds, len(texts) / wn_seconds
+            report.figure("migration (write path)", w_rate, "docs/s", {"naive": ratio(w_rate, wn_rate)})
+            report.figure("naive (write path)", wn_rate, "docs/s")
 
             base = 300 if quick else None
             small, large = work / "x1", work / "x10"

@@ -239,12 +239,12 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
     times, found = measure({"SDK VectorStore.search": loaded.sdk_search}, queries)
     vecs_times, _ = measure(loaded.vecs_query(40), queries)
     report.heading("VectorStore.search(vector) with the RPC's default ef_search (100)")
-    p50 = percentile(times["SDK VectorStore.search"], 50)
+    sdk_p50 = percentile(times["SDK VectorStore.search"], 50)
     report.figure(
         "SDK VectorStore.search p50",
-        p50,
+        sdk_p50,
         "ms",
-        {"vecs ef40": ratio(p50, percentile(vecs_times["vecs"], 50))} if vecs_times else {},
+        {"vecs ef40": ratio(sdk_p50, percentile(vecs_times["vecs"], 50))} if vecs_times else {},
     )
     report.figure("SDK VectorStore.search p95", percentile(times["SDK VectorStore.search"], 95), "ms")
     report.figure("SDK VectorStore.search recall@10", recall(found["SDK VectorStore.search"], truth, K), "")
