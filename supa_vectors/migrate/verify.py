@@ -24,7 +24,9 @@ from supa_vectors.transport.base import Transport
 
 __all__ = ["metadata_difference", "verify_files"]
 
-_LOOKUP_CHUNK = 500
+# Records checked per get_documents call: enough to amortise the round trip, small enough that the
+# check holds less than the migration itself (which keeps a few batches in flight).
+_LOOKUP_CHUNK = 256
 
 
 def metadata_difference(source: dict[str, Any], stored: dict[str, Any]) -> str | None:
