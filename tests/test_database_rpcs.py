@@ -392,6 +392,37 @@ def test_hybrid_search_matches_titles_in_metadata(service: psycopg.Connection) -
     assert rows[0]["external_id"] == "titled"
 
 
+def test_hybrid_search_ranks_a_matching_heading_above_a_body_that_repeats_the_words(
+    service: psycopg.Connection,
+) -> None:
+    # Cover density (ts_rank_cd) put "repeats" first: it sums a score per cover of the OR query.
+    repeats = (
+        "Backups can be taken while the server runs. A hot backup copies files; hot backups need WAL "
+        "archiving. Standalone backups keep their WAL. "
+    ) * 3
+    upsert(
+        service,
+        [
+            doc(
+                "heading",
+                "How to take a backup that restores on its own.",
+                seed=1,
+                metadata={"title": "Standalone Hot Backups"},
+            ),
+            doc("repeats", repeats, seed=2),
+        ],
+    )
+    rows = call(
+        service,
+        "hybrid_search",
+        query_text="Standalone Hot Backups",
+        query_embedding=unit(3),
+        match_count=2,
+        semantic_weight=0,
+    )
+    assert [r["external_id"] for r in rows] == ["heading", "repeats"]
+
+
 def test_hybrid_search_rejects_empty_text_and_zero_weights(service: psycopg.Connection) -> None:
     assert (
         sqlstate_of(service, "hybrid_search", query_text=" ", query_embedding=unit(1)).diag.sqlstate
