@@ -37,14 +37,18 @@ def run_example(database_url: str) -> str:
 def test_readme_example_adds_searches_filters_and_hybrid_searches(database_url: str) -> None:
     empty_store(database_url)
     first = run_example(database_url).splitlines()
-    assert first[0] == "2889 documents: {'inserted': 2889, 'updated': 0, 'unchanged': 0}"
+    assert first[0] == "14 documents: {'inserted': 14, 'updated': 0, 'unchanged': 0}"
     hits = [line.split() for line in first[1:-1]]
-    assert len(hits) == 9  # three searches, three results each
-    assert all(-1.0 <= float(h[0]) <= 1.0 for h in hits)
-    assert [h[2] for h in hits[3:6]] == ["reference"] * 3  # the filtered search
-    assert any("wal" in h[1].lower() for h in hits[6:9])  # hybrid search finds the WAL chapter
-    assert first[-1] == "2048 guide sections"
+    searched, filtered, hybrid = hits[:3], hits[3:-3], hits[-3:]
+    assert len(searched) == 3 and len(hybrid) == 3
+    assert all(-1.0 <= float(h[0]) <= 1.0 for h in searched + filtered)
+    assert "brewing/cold-brew" in [h[1] for h in searched]  # iced coffee is cold brew
+    # Only espresso (0.5 min) and the AeroPress (2 min) are pressure methods under 3 minutes.
+    assert sorted(h[1] for h in filtered) == ["brewing/aeropress", "brewing/espresso"]
+    assert all(h[2] == "pressure" for h in filtered)
+    assert hybrid[0][1] == "brewing/french-press"  # its title and its body both match
+    assert first[-1] == "3 basics"
 
     second = run_example(database_url).splitlines()
-    assert second[0] == "2889 documents: {'inserted': 0, 'updated': 0, 'unchanged': 2889}"
+    assert second[0] == "14 documents: {'inserted': 0, 'updated': 0, 'unchanged': 14}"
     assert second[1:] == first[1:]
