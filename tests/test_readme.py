@@ -40,7 +40,8 @@ def test_readme_example_adds_searches_filters_and_hybrid_searches(database_url: 
     assert first[0] == "14 documents: {'inserted': 14, 'updated': 0, 'unchanged': 0}"
     hits = [line.split() for line in first[1:-1]]
     searched, filtered, hybrid = hits[:3], hits[3:-3], hits[-3:]
-    assert len(searched) == 3 and len(hybrid) == 3
+    assert len(searched) == 3
+    assert len(hybrid) == 3
     assert all(-1.0 <= float(h[0]) <= 1.0 for h in searched + filtered)
     assert "brewing/cold-brew" in [h[1] for h in searched]  # iced coffee is cold brew
     # Only espresso (0.5 min) and the AeroPress (2 min) are pressure methods under 3 minutes.
