@@ -423,14 +423,17 @@ def upsert_flow(
     Per chunk: ``get_documents`` learns the stored hashes, the embedder runs on the rest, and one
     ``bulk_upsert`` writes the chunk in one transaction. If the server still finds a document without a
     vector (a concurrent writer changed it, or the identity was unknown), the chunk is embedded fully and
-    sent once more.
+    sent once more. A chunk whose documents all carry their vectors skips the lookup: nothing would be
+    embedded, and bulk_upsert itself reports unchanged content (one round trip per chunk, not two).
     """
     dimension = settings.embedding_dimension
     results: list[UpsertResult] = []
     for chunk in plan_chunks(prepared, dimension):
-        rows = yield RpcCall("get_documents", {"external_ids": [d.id for d in chunk]})
-        with _response("get_documents"):
-            existing = _existing_hashes(_rows(rows, "get_documents"), identity)
+        existing: dict[str, str] = {}
+        if any(d.embedding is None for d in chunk):
+            rows = yield RpcCall("get_documents", {"external_ids": [d.id for d in chunk]})
+            with _response("get_documents"):
+                existing = _existing_hashes(_rows(rows, "get_documents"), identity)
         vectors: dict[int, npt.NDArray[np.float32]] = {}
         todo = _without(vectors, (d for d in chunk if existing.get(d.id) != d.content_hash))
         for attempt in range(2):

@@ -580,11 +580,13 @@ def test_queued_writes_replay_through_postgrest_once_it_answers(
 ) -> None:
     get_docs = router.post("/rpc/get_documents").mock(side_effect=httpx.ConnectError("refused"))
     delete = router.post("/rpc/delete_documents").mock(side_effect=httpx.ConnectError("refused"))
-    upserts = router.post("/rpc/bulk_upsert")
+    # Queued writes carry their vectors, so replaying them skips get_documents: bulk_upsert must be down too.
+    upserts = router.post("/rpc/bulk_upsert").mock(side_effect=httpx.ConnectError("refused"))
     store = postgrest_store(tmp_path, CircuitBreaker(failure_threshold=100))
     assert store.add([{"id": "a", "content": "alpha"}, {"id": "b", "content": "beta"}])[0].status == "queued"
     assert store.delete("old").queued == 1
-    assert upserts.call_count == 0
+    assert [(w.op, w.id) for w in store.pending()] == [("upsert", "a"), ("upsert", "b"), ("delete", "old")]
+    refused = upserts.call_count
 
     get_docs.mock(return_value=httpx.Response(200, json=[]))
     delete.mock(return_value=httpx.Response(200, json=[{"id": 9, "external_id": "old"}]))
@@ -599,7 +601,8 @@ def test_queued_writes_replay_through_postgrest_once_it_answers(
     )
     result = store.flush()
     assert (result.upserted, result.deleted, result.remaining) == (2, 1, 0)
-    sent = json.loads(upserts.calls[0].request.content)["documents"]
+    assert upserts.call_count == refused + 1
+    sent = json.loads(upserts.calls[-1].request.content)["documents"]
     assert [d["external_id"] for d in sent] == ["a", "b"]
     assert all(len(d["embedding"]) == DIM for d in sent)  # embedded when queued, not again at replay
     assert store.pending() == []

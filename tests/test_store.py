@@ -651,6 +651,31 @@ def test_server_errors_name_the_callers_index_not_the_chunks() -> None:
     assert str(caught.value).startswith(f"document {refused.index} (external_id {refused.id})")
 
 
+def test_chunks_whose_documents_carry_vectors_skip_the_lookup() -> None:
+    given = [
+        {"id": f"v{i}", "content": f"text {i}", "embedding": [1.0] + [0.0] * (DIM - 1)} for i in range(3)
+    ]
+    prepared = _rpc.prepare_documents([*given, {"id": "plain", "content": "no vector"}])
+    settings = _rpc.StoreSettings(embedding_model=MODEL, embedding_dimension=DIM)
+    calls: list[str] = []
+
+    def replies(op: Any) -> Any:
+        if isinstance(op, _rpc.EmbedCall):
+            calls.append(f"embed {len(op.texts)}")
+            return FakeEmbedder().embed(op.texts)
+        calls.append(op.name)
+        if op.name == "get_documents":
+            return []
+        return [{"ordinal": n, "status": "unchanged"} for n in range(1, len(op.params["documents"]) + 1)]
+
+    results = drive(_rpc.upsert_flow(prepared[:3], settings, Identity.service()), replies)
+    assert calls == ["bulk_upsert"]
+    assert [r.status for r in results] == ["unchanged"] * 3
+    calls.clear()
+    drive(_rpc.upsert_flow(prepared, settings, Identity.service()), replies)
+    assert calls == ["get_documents", "embed 1", "bulk_upsert"]
+
+
 # --------------------------------------------------------------------------------------------------
 # the `supa-vectors search` command
 
