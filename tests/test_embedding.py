@@ -211,7 +211,8 @@ def test_embed_rejects_what_is_not_a_sequence_of_strings(texts: Any, tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"batch_size": 0}, {"batch_size": True}, {"threads": 0}, {"threads": 1.5}]
+    "kwargs",
+    [{"batch_size": 0}, {"batch_size": True}, {"max_batch_tokens": 0}, {"threads": 0}, {"threads": 1.5}],
 )
 def test_constructor_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):
@@ -407,6 +408,17 @@ def test_order_and_batching_do_not_change_results(fp32: OnnxEmbedder, parity_tex
     np.testing.assert_allclose(small_batches, together[order], atol=2e-5)
     one_by_one = np.vstack([fp32.embed([t]) for t in texts[:8]])
     np.testing.assert_allclose(one_by_one, together[:8], atol=2e-5)
+
+
+def test_calls_respect_the_row_and_padded_token_caps() -> None:
+    lengths = [3, 5, 5, 9, 40, 60, 60, 61, 200, 256, 256]
+    embedder = OnnxEmbedder(batch_size=4, max_batch_tokens=128)
+    batches = list(embedder._batches(list(range(len(lengths))), lengths))
+    assert [i for batch in batches for i in batch] == list(range(len(lengths)))  # each once, in order
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * lengths[batch[-1]] <= 128
+    assert batches == [[0, 1, 2, 3], [4, 5], [6, 7], [8], [9], [10]]
 
 
 def test_duplicates_get_identical_vectors(fp32: OnnxEmbedder) -> None:
