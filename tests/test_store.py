@@ -231,9 +231,12 @@ def test_large_upsert_goes_in_several_requests(store: Store, embedder: FakeEmbed
     assert {r.status for r in store.add(docs)} == {"inserted"}
     assert store.count() == 620
     assert len(embedder.texts) == 620
-    # ~8 kB of JSON per vector keeps a request under 2 MB at ~245 rows; each chunk embeds in batches
-    chunks = _rpc.plan_chunks(_rpc.prepare_documents(docs), DIM)
-    assert len(chunks) == 3
+    # The Postgres transport sends vectors in binary, so rows bind (500), not bytes; each chunk embeds
+    # in batches
+    chunks = _rpc.plan_chunks(
+        _rpc.prepare_documents(docs), DIM, vector_bytes_per_float=_rpc.BINARY_BYTES_PER_FLOAT
+    )
+    assert [len(c) for c in chunks] == [500, 120]
     assert embedder.calls == sum(-(-len(c) // _rpc.EMBED_BATCH_SIZE) for c in chunks)
 
 
@@ -613,7 +616,9 @@ def drive(flow: Any, replies: Callable[[Any], Any]) -> Any:
 def test_chunks_respect_row_and_byte_limits() -> None:
     small = _rpc.prepare_documents([f"doc {i}" for i in range(1200)])
     assert [len(c) for c in _rpc.plan_chunks(small, 8)] == [500, 500, 200]  # short vectors: rows bind
-    assert max(len(c) for c in _rpc.plan_chunks(small, DIM)) < 250  # 384-dim vectors: bytes bind
+    assert max(len(c) for c in _rpc.plan_chunks(small, DIM)) < 250  # 384-dim vectors as JSON: bytes bind
+    binary = _rpc.plan_chunks(small, DIM, vector_bytes_per_float=_rpc.BINARY_BYTES_PER_FLOAT)
+    assert [len(c) for c in binary] == [500, 500, 200]  # in binary: rows bind again
     big = _rpc.prepare_documents([f"{i} " + "x" * 300_000 for i in range(20)])
     chunks = _rpc.plan_chunks(big, DIM)
     assert sum(len(c) for c in chunks) == 20
@@ -649,6 +654,11 @@ def test_server_errors_name_the_callers_index_not_the_chunks() -> None:
     assert caught.value.index == refused.index == len(first) + 1
     assert caught.value.document_id == refused.id
     assert str(caught.value).startswith(f"document {refused.index} (external_id {refused.id})")
+
+
+def test_transports_say_how_their_vectors_travel() -> None:
+    assert _rpc.bytes_per_float(PostgresTransport("postgresql://nobody@127.0.0.1:1/x")) == 4
+    assert _rpc.bytes_per_float(object()) == _rpc.JSON_BYTES_PER_FLOAT
 
 
 def test_chunks_whose_documents_carry_vectors_skip_the_lookup() -> None:

@@ -433,7 +433,10 @@ class OfflineLayer:
         tracked = _Tracked({}, {})
         try:
             results: list[UpsertResult] = yield from _tracking(
-                _rpc.upsert_flow(prepared, settings, identity), tracked
+                _rpc.upsert_flow(
+                    prepared, settings, identity, vector_bytes_per_float=_rpc.bytes_per_float(self._transport)
+                ),
+                tracked,
             )
         except SupaVectorsError as exc:
             if outbox is None or not is_outage(exc):
@@ -521,7 +524,12 @@ class OfflineLayer:
                             ]
                         )
                         _rpc.check_limits(prepared, settings)
-                        yield from _rpc.upsert_flow(prepared, settings, identity)
+                        yield from _rpc.upsert_flow(
+                            prepared,
+                            settings,
+                            identity,
+                            vector_bytes_per_float=_rpc.bytes_per_float(self._transport),
+                        )
                     except DocumentError as exc:
                         if exc.index is None or not 0 <= exc.index < len(batch):
                             raise

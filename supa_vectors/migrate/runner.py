@@ -37,11 +37,11 @@ import numpy.typing as npt
 
 from supa_vectors import _rpc
 from supa_vectors._rpc import (
-    JSON_BYTES_PER_FLOAT,
     MAX_REQUEST_BYTES,
     EmbedderLike,
     StoreSettings,
     SupportsSessionUserRpc,
+    bytes_per_float,
 )
 from supa_vectors.errors import (
     AuthError,
@@ -867,7 +867,7 @@ class _Run:
     ) -> None:
         limit = self.options.batch_size
         budget = MAX_REQUEST_BYTES
-        per_vector = self.settings.embedding_dimension * JSON_BYTES_PER_FLOAT + 16
+        per_vector = self.settings.embedding_dimension * bytes_per_float(self.store.transport) + 16
         batch: list[ValidRecord] = []
         size = 0
         seq = 0

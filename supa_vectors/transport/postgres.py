@@ -166,6 +166,9 @@ def _pool_kwargs(timeout: float) -> dict[str, Any]:
 
 
 class _Base:
+    # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _rpc).
+    sends_binary_vectors = True
+
     def __init__(self, identity: Identity, timeout: float) -> None:
         self._identity = identity
         self._timeout = timeout
