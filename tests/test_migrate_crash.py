@@ -36,7 +36,11 @@ PER_FILE = 40
 TOTAL = FILES * PER_FILE
 
 DRIVER = r"""
+import signal
 import sys
+# A terminal's Ctrl-C, whatever this process inherited: a test runner started in the background by a
+# non-interactive shell has SIGINT ignored, and its children would ignore the test's SIGINT too.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from tests.conftest import FakeEmbedder
 from supa_vectors.cli import build_parser
 from supa_vectors._cli_migrate import migrate_command

@@ -203,10 +203,9 @@ def _deferred_interrupt(interrupted: threading.Event) -> Iterator[None]:
     """Turn the first Ctrl-C into ``interrupted`` instead of an exception raised wherever the main
     thread happens to be.
 
-    A KeyboardInterrupt raised inside a lock's acquire/release (the pipeline's conditions, the
-    checkpoint's lock) can leave it held, and the run then waits forever for a writer that waits for
-    that lock: the likely cause of a SIGINT'd migration that never exited, seen once in a full test run
-    and not reproduced in 17 runs alone. The pipeline polls the event
+    A KeyboardInterrupt raised asynchronously inside a lock's acquire/release (the pipeline's
+    conditions, the checkpoint's lock) can leave it held (CPython bpo-29988), and the run would then
+    wait forever for a writer that waits for that lock. The pipeline polls the event
     where nothing is held and raises there. A second Ctrl-C raises at once, as usual. Only the main
     thread's default handler is replaced; an application's own handler is left alone.
     """
