@@ -42,7 +42,18 @@ import psycopg
 from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
 
-from bench._common import DIM, MODEL, Report, bench_stack, corpus_dir, database_url, ratio, spread
+from bench._common import (
+    DIM,
+    MODEL,
+    Report,
+    bench_stack,
+    corpus_dir,
+    database_url,
+    load_queries,
+    ratio,
+    spread,
+)
+from bench.quality import K, metrics
 
 __all__ = ["run"]
 
@@ -61,12 +72,21 @@ def records_of(path: Path) -> list[dict[str, Any]]:
     return list(data if isinstance(data, list) else data["documents"])
 
 
+def record_id(record: dict[str, Any]) -> str:
+    """The id in either corpus shape: ``id``, or LangChain's ``metadata.doc_id``."""
+    return str(record.get("id") or record["metadata"]["doc_id"])
+
+
+def record_text(record: dict[str, Any]) -> str:
+    return str(record.get("content") or record["page_content"])
+
+
 def texts_of(files: Sequence[Path]) -> list[str]:
-    return [str(r.get("content") or r.get("page_content")) for f in files for r in records_of(f)]
+    return [record_text(r) for f in files for r in records_of(f)]
 
 
 def ids_of(files: Sequence[Path]) -> set[str]:
-    return {str(r.get("id") or r["metadata"]["doc_id"]) for f in files for r in records_of(f)}
+    return {record_id(r) for f in files for r in records_of(f)}
 
 
 def copy_sources(files: Sequence[Path], target: Path) -> Path:
@@ -183,16 +203,11 @@ def search_quality(url: str, embedder: Any, present: set[str]) -> tuple[float, f
     """recall@10 and MRR@10 of the corpus queries whose answer was migrated, asked through the SDK."""
     from supa_vectors import VectorStore
 
-    lines = (corpus_dir() / "postgres-docs" / "queries.jsonl").read_text(encoding="utf-8").splitlines()
-    queries = [q for q in (json.loads(line) for line in lines if line.strip()) if q["answer_id"] in present]
-    ranks: list[int | None] = []
+    queries = [(q, answer) for q, answer in load_queries() if answer in present]
     with VectorStore.from_url(url, embedder=embedder) as store:
-        for query in queries:
-            hits = [hit.id for hit in store.search(query["query"], k=10)]
-            ranks.append(hits.index(query["answer_id"]) + 1 if query["answer_id"] in hits else None)
-    recall_10 = sum(r is not None for r in ranks) / max(1, len(ranks))
-    mrr = sum(1 / r for r in ranks if r is not None) / max(1, len(ranks))
-    return recall_10, mrr, len(ranks)
+        ranked = [[hit.id for hit in store.search(q, k=K)] for q, _ in queries]
+    _, recall_10, mrr = metrics(ranked, [answer for _, answer in queries])
+    return recall_10, mrr, len(queries)
 
 
 def naive(url: str, texts: Sequence[str], embedder: Any) -> float:
@@ -246,14 +261,7 @@ def sample_source(files: Sequence[Path], count: int, target: Path) -> tuple[Path
     records = [r for f in files for r in records_of(f)]
     picked = spread(records, count)
     target.mkdir(parents=True)
-    out = [
-        {
-            "id": r.get("id") or r["metadata"]["doc_id"],
-            "content": r.get("content") or r["page_content"],
-            "metadata": r["metadata"],
-        }
-        for r in picked
-    ]
+    out = [{"id": record_id(r), "content": record_text(r), "metadata": r["metadata"]} for r in picked]
     (target / "sample.json").write_text(json.dumps(out), encoding="utf-8")
     return target, [str(r["content"]) for r in out]
 
