@@ -154,6 +154,11 @@ def bytes_per_float(transport: object) -> int:
     )
 
 
+def vector_request_bytes(dimension: int, vector_bytes_per_float: int) -> int:
+    """What one document's vector adds to a bulk_upsert request (with its separators)."""
+    return dimension * vector_bytes_per_float + 16
+
+
 def transport_identity(transport: object) -> Identity | None:
     """The identity a transport acts as, when it says (the Postgres transport does)."""
     identity = getattr(transport, "identity", None)
@@ -364,8 +369,9 @@ def plan_chunks(
     chunks: list[list[PreparedDocument]] = []
     current: list[PreparedDocument] = []
     size = 2
+    per_vector = vector_request_bytes(dimension, vector_bytes_per_float)
     for doc in prepared:
-        doc_size = doc.json_bytes + dimension * vector_bytes_per_float + 16
+        doc_size = doc.json_bytes + per_vector
         if current and (len(current) >= max_rows or size + doc_size > max_bytes):
             chunks.append(current)
             current, size = [], 2

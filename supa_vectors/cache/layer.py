@@ -419,6 +419,14 @@ class OfflineLayer:
         self._enqueue(outbox, writes, error)
         self._record([Change(d.id, vector=found.get(d.index), metadata=d.metadata) for d in documents])
 
+    def _write_flow(
+        self, prepared: Sequence[PreparedDocument], settings: StoreSettings, identity: Identity | None
+    ) -> Flow[list[UpsertResult]]:
+        """The online write, with chunks sized for how this store's transport sends vectors."""
+        return _rpc.upsert_flow(
+            prepared, settings, identity, vector_bytes_per_float=_rpc.bytes_per_float(self._transport)
+        )
+
     def upsert_flow(
         self, prepared: Sequence[PreparedDocument], settings: StoreSettings | None, identity: Identity | None
     ) -> Flow[list[UpsertResult]]:
@@ -433,10 +441,7 @@ class OfflineLayer:
         tracked = _Tracked({}, {})
         try:
             results: list[UpsertResult] = yield from _tracking(
-                _rpc.upsert_flow(
-                    prepared, settings, identity, vector_bytes_per_float=_rpc.bytes_per_float(self._transport)
-                ),
-                tracked,
+                self._write_flow(prepared, settings, identity), tracked
             )
         except SupaVectorsError as exc:
             if outbox is None or not is_outage(exc):
@@ -524,12 +529,7 @@ class OfflineLayer:
                             ]
                         )
                         _rpc.check_limits(prepared, settings)
-                        yield from _rpc.upsert_flow(
-                            prepared,
-                            settings,
-                            identity,
-                            vector_bytes_per_float=_rpc.bytes_per_float(self._transport),
-                        )
+                        yield from self._write_flow(prepared, settings, identity)
                     except DocumentError as exc:
                         if exc.index is None or not 0 <= exc.index < len(batch):
                             raise

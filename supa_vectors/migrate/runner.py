@@ -43,6 +43,7 @@ from supa_vectors._rpc import (
     StoreSettings,
     SupportsSessionUserRpc,
     bytes_per_float,
+    vector_request_bytes,
 )
 from supa_vectors.errors import (
     AuthError,
@@ -912,7 +913,9 @@ class _Run:
     ) -> None:
         limit = self.options.batch_size
         budget = MAX_REQUEST_BYTES
-        per_vector = self.settings.embedding_dimension * bytes_per_float(self.store.transport) + 16
+        per_vector = vector_request_bytes(
+            self.settings.embedding_dimension, bytes_per_float(self.store.transport)
+        )
         batch: list[ValidRecord] = []
         size = 0
         seq = 0
