@@ -33,6 +33,10 @@ logger = logging.getLogger("supa_vectors.embedding")
 _CHUNK = 4096
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class OnnxEmbedder:
     """Local embeddings of ``sentence-transformers/all-MiniLM-L6-v2`` (384 dimensions).
 
@@ -63,15 +67,10 @@ class OnnxEmbedder:
         model_dir: Path | str | None = None,
         threads: int | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if (
-            isinstance(max_batch_tokens, bool)
-            or not isinstance(max_batch_tokens, int)
-            or max_batch_tokens < 1
-        ):
-            raise InvalidInputError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+            if not _is_positive_int(value):
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if threads is not None and not _is_positive_int(threads):
             raise InvalidInputError(f"threads must be a positive integer or None, got {threads!r}")
         self.quantized = bool(quantized)
         self.batch_size = batch_size
