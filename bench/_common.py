@@ -35,9 +35,9 @@ F32 = npt.NDArray[np.float32]
 
 
 def corpus_dir() -> Path:
-    """``$SUPA_VECTORS_CORPUS_DIR``, else ``../shared/corpus`` beside the repository."""
+    """``$SUPA_VECTORS_CORPUS_DIR``, else the ``corpus/`` that ships with the repository."""
     override = os.environ.get(CORPUS_ENV)
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "corpus"
+    return Path(override) if override else REPO_ROOT / "corpus"
 
 
 @dataclass(frozen=True)

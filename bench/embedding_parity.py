@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from supa_vectors.embedding import OnnxEmbedder
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "postgres-docs"
+CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "postgres-docs"
 Vectors = npt.NDArray[np.float32]
 
 

@@ -23,8 +23,8 @@ from psycopg.types import TypeInfo
 from supa_vectors.transport.identity import SET_IDENTITY_SQL, Identity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
-CORPUS = SHARED / "corpus"
+# Test and benchmark data ships with the repository (provenance in NOTICE and corpus/README.md).
+CORPUS = REPO_ROOT / "corpus"
 
 USER_A = "00000000-0000-4000-8000-00000000000a"
 USER_B = "00000000-0000-4000-8000-00000000000b"

@@ -31,7 +31,7 @@ from supa_vectors.embedding.onnx import physical_cores
 from supa_vectors.errors import EmbeddingError, InvalidInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "postgres-docs"
+CORPUS = REPO_ROOT / "corpus" / "postgres-docs"
 # Whole sections cost ~6 GFLOP each (most pass 256 tokens, so truncation is covered); cut ones ~1.
 PARITY_FULL = 100
 PARITY_CUT = 140  # cut to their first 200 characters
