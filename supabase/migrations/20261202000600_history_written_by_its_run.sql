@@ -60,6 +60,21 @@ comment on table public.document_history is
   'Previous state of documents changed by an ingest run, for rollback_ingest_run(). Written only by the '
   'trigger function supa_vectors_internal.record_run_history().';
 
+-- A run id is shown to the operator (`supa-vectors migrate runs` lists every owner's runs): no control
+-- characters, so a user's run name cannot carry terminal escapes. NOT VALID: existing rows stay readable.
+alter table public.ingest_runs
+  add constraint ingest_runs_run_id_printable check (run_id !~ '[[:cntrl:]]') not valid;
+
+-- Timestamps are the server's. updated_at was stamped on update only, so a signed-in user could insert a
+-- row dated 2099: an incremental mirror sync (list_documents(updated_after), watermark = newest
+-- updated_at seen) of every identity that sees the row, the service role's included, then skipped all
+-- later changes.
+drop trigger documents_touch_updated_at on public.documents;
+create trigger documents_touch_updated_at
+  before insert or update on public.documents
+  for each row
+  execute function supa_vectors_internal.touch_updated_at();
+
 -- ---------------------------------------------------------------------------------------------
 -- Privileges and policies: signed-in users read their own runs and the history of their own documents,
 -- and write neither.
@@ -457,6 +472,10 @@ begin
     raise exception using errcode = '22023',
       message = 'a batch belongs to one ingest run: every record names the same system.ingest_run_id, or none does';
   end if;
+  if pg_catalog.length(batch_run) > 200 or batch_run ~ '[[:cntrl:]]' then
+    raise exception using errcode = '22023',
+      message = 'system.ingest_run_id must have 1 to 200 characters, none a control character';
+  end if;
 
   -- ingest run: a rolled-back run stays rolled back (its history is gone; new writes could not be undone).
   -- Runs are per owner: the caller's run of that name, never another user's.
@@ -548,8 +567,9 @@ declare
   existed boolean;
   run public.ingest_runs%rowtype;
 begin
-  if begin_ingest_run.run_id is null or pg_catalog.length(begin_ingest_run.run_id) not between 1 and 200 then
-    raise exception using errcode = '22023', message = 'run_id must have 1 to 200 characters';
+  if begin_ingest_run.run_id is null or pg_catalog.length(begin_ingest_run.run_id) not between 1 and 200
+     or begin_ingest_run.run_id ~ '[[:cntrl:]]' then
+    raise exception using errcode = '22023', message = 'run_id must have 1 to 200 characters, none a control character';
   end if;
   existed := exists (select 1 from public.ingest_runs r
                       where r.run_id = begin_ingest_run.run_id and r.owner_id is not distinct from auth.uid());

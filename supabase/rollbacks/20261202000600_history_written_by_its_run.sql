@@ -8,6 +8,13 @@ drop function if exists supa_vectors_internal.update_ingest_run(text, text, json
 drop function if exists supa_vectors_internal.system_metadata_of(bigint);
 drop function if exists supa_vectors_internal.acting_role_bypasses_rls();
 
+alter table public.ingest_runs drop constraint if exists ingest_runs_run_id_printable;
+drop trigger if exists documents_touch_updated_at on public.documents;
+create trigger documents_touch_updated_at
+  before update on public.documents
+  for each row
+  execute function supa_vectors_internal.touch_updated_at();
+
 drop policy if exists ingest_runs_select_own on public.ingest_runs;
 drop policy if exists document_history_select_own on public.document_history;
 create policy ingest_runs_own on public.ingest_runs

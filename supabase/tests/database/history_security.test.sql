@@ -5,7 +5,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = public, extensions;
-select plan(19);
+select plan(30);
 
 create function pg_temp.act_as(role text, sub text default null) returns void language sql as $$
   select set_config('role', role, true),
@@ -55,6 +55,13 @@ select pg_temp.act_as('authenticated', '00000000-0000-4000-8000-00000000000a');
 select * from public.begin_ingest_run('a-run', '{"paths": ["a"]}');
 select * from public.bulk_upsert(json_build_array(
   pg_temp.doc('a-doc', 'text of a', '00000000-0000-4000-8000-00000000000a', 'a-run')));
+
+-- Document ids B cannot see, for the side-channel probes below.
+reset role;
+create temporary table probe_ids as
+  select 'an unknown' as k, 2147483647::bigint as v
+  union all select 'another user''s', id from public.documents where external_id = 'a-doc';
+grant select on probe_ids to authenticated;
 
 -- Attack 1: B plants a history row in the service run, pointing at the shared handbook ---------------
 select pg_temp.act_as('authenticated', '00000000-0000-4000-8000-00000000000b');
@@ -132,6 +139,33 @@ select pg_temp.act_as('service_role');
 select results_eq($$ select external_id || ':' || outcome from public.rollback_ingest_run('svc-run2', true) $$,
   array['a-doc:conflict'], 'a forced rollback still refuses a document its run never wrote');
 select is((select count(*) from public.documents where external_id = 'a-doc'), 1::bigint, 'A''s document survives');
+
+-- Review findings (docs/decisions/0010) ---------------------------------------------------------------
+select pg_temp.act_as('authenticated', '00000000-0000-4000-8000-00000000000b');
+select throws_ok(format($$ insert into public.embeddings (document_id, model, embedding)
+                   values (%s, 'm', array_fill(0.1, array[384])::extensions.vector) $$, v), '42501', null,
+  'embeddings: the same answer for ' || k || ' document id')
+  from probe_ids;
+select throws_ok(format($$ insert into public.document_metadata (document_id, ingest_run_id) values (%s, 'x') $$, v),
+  '42501', null, 'document_metadata: the same answer for ' || k || ' document id')
+  from probe_ids;
+select lives_ok($$ insert into public.documents (external_id, owner_id, content, updated_at)
+                   values ('future', '00000000-0000-4000-8000-00000000000b', 'x', '2099-01-01') $$,
+  'B inserts a document of its own directly');
+select ok((select updated_at <= now() from public.documents where external_id = 'future'),
+  'the server stamps updated_at on insert: a forged date cannot stall every later mirror sync');
+select throws_ok($$ select * from public.begin_ingest_run(e'run\x1b[2J') $$, '22023', null,
+  'a run id with a control character (a terminal escape for the operator''s `runs`) is refused');
+select throws_ok($$ select * from public.bulk_upsert(json_build_array(
+                     pg_temp.doc('p3', 'x', '00000000-0000-4000-8000-00000000000b', e'run\x1b[2J'))) $$, '22023', null,
+  'bulk_upsert refuses such a run id too');
+select throws_ok($$ select supa_vectors_internal.record_run_history() $$, '42501', null,
+  'the history trigger function cannot be called directly (nobody holds EXECUTE)');
+select is_empty($$ select * from supa_vectors_internal.update_ingest_run('svc-run2', 'completed') $$,
+  'update_ingest_run finds no service run for a user');
+select pg_temp.act_as('service_role');
+select is((select status from public.ingest_runs where run_id = 'svc-run2'), 'running'::text,
+  'so the service run keeps its state');
 
 select * from finish();
 rollback;
