@@ -137,7 +137,9 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--quantized", action="store_true", help="embed with the int8 model (about twice as fast)"
     )
     run.add_argument(
-        "--force", action="store_true", help="rollback: also undo documents changed since the run"
+        "--force",
+        action="store_true",
+        help="rollback: also undo documents changed since the run (not ones a later run rewrote)",
     )
     run.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
 

@@ -32,12 +32,19 @@ def test_every_function_has_a_fixed_empty_search_path(conn: psycopg.Connection) 
 
 
 # The only functions that run as their owner (docs/decisions/0010-history-written-by-its-run.md): the
-# trigger that writes run history from real row changes, and the run-state function the ingest-run RPCs
-# call. Both check the caller themselves; anything else runs as its caller, under Row Level Security.
-SECURITY_DEFINER = {
-    "supa_vectors_internal.record_run_history()": set(),
-    "supa_vectors_internal.update_ingest_run(text,text,jsonb,jsonb,jsonb)": {"authenticated", "service_role"},
-}
+# trigger that writes run history from real row changes (nobody may call it), and the run-state function
+# the ingest-run RPCs call. Both check the caller themselves; every other function runs as its caller,
+# under Row Level Security. Columns: schema, owned by the tables' owner, a trigger function, callers.
+SECURITY_DEFINER = [
+    ("supa_vectors_internal.record_run_history()", "supa_vectors_internal", True, True, ""),
+    (
+        "supa_vectors_internal.update_ingest_run(text,text,jsonb,jsonb,jsonb)",
+        "supa_vectors_internal",  # never an RPC: PostgREST does not expose this schema
+        True,
+        False,
+        "authenticated,service_role",
+    ),
+]
 
 
 def test_only_the_listed_functions_run_as_their_owner_and_only_their_callers_may_call_them(
@@ -48,22 +55,15 @@ def test_only_the_listed_functions_run_as_their_owner_and_only_their_callers_may
         f"""select p.oid::regprocedure::text, p.pronamespace::regnamespace::text,
                   p.proowner = (select relowner from pg_class where oid = 'public.documents'::regclass),
                   p.prorettype = 'trigger'::regtype,
-                  array(select r.rolname::text from pg_roles r
-                         where r.rolname in ('public', 'anon', 'authenticated', 'service_role')
-                           and has_function_privilege(r.oid, p.oid, 'execute') order by 1)
+                  array_to_string(array(
+                    select r.rolname::text from pg_roles r
+                     where r.rolname in ('anon', 'authenticated', 'service_role')
+                       and has_function_privilege(r.oid, p.oid, 'execute') order by 1), ',')
              from pg_proc p
-            where p.pronamespace::regnamespace::text in {OUR_SCHEMAS} and p.prosecdef""",
+            where p.pronamespace::regnamespace::text in {OUR_SCHEMAS} and p.prosecdef
+            order by 1""",
     )
-    found = {
-        str(name): (schema, owned, trigger, set(callers))
-        for name, schema, owned, trigger, callers in definers
-    }  # type: ignore[call-overload]
-    assert set(found) == set(SECURITY_DEFINER)
-    for name, (schema, owned_by_table_owner, is_trigger, callers) in found.items():
-        assert schema == "supa_vectors_internal", name  # never an RPC PostgREST exposes
-        assert owned_by_table_owner, name
-        assert callers == SECURITY_DEFINER[name], name
-        assert is_trigger == (name.endswith("record_run_history()")), name
+    assert definers == SECURITY_DEFINER
     # PUBLIC holds EXECUTE on new functions by default; has_function_privilege counts it for every role.
     public_grants = rows(
         conn,

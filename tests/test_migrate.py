@@ -830,6 +830,8 @@ def test_a_users_run_of_the_same_name_never_reaches_the_operators_run(
         assert [(r["run_id"], r["inserted"]) for r in runs(user_b)] == [(run.run_id, 1)]
         undone = rollback(run.run_id, service, force=True)
         assert (undone.deleted, undone.restored, undone.conflicts) == (1, 0, [])
+        # The operator's run of that name, not B's (still running, and newer), is the one reported on.
+        assert rollback(run.run_id, service).already_rolled_back
     assert stored(db) == {"handbook": ("The handbook", {}), "p1": ("B's note", {})}
 
 
