@@ -864,6 +864,7 @@ def test_cli_migrate_verify_runs_and_rollback(db: str, state: Path) -> None:
     code, text = run_cli(["runs", *common])
     assert code == 0
     assert run_id in text
+    assert text.splitlines()[1].endswith("service role")  # runs are per owner; this one is the operator's
     code, text = run_cli(["rollback", run_id, *common])
     assert code == 0
     assert "14 documents deleted" in text
