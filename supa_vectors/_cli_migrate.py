@@ -137,7 +137,9 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--quantized", action="store_true", help="embed with the int8 model (about twice as fast)"
     )
     run.add_argument(
-        "--force", action="store_true", help="rollback: also undo documents changed since the run"
+        "--force",
+        action="store_true",
+        help="rollback: also undo documents changed since the run (not ones a later run rewrote)",
     )
     run.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
 
@@ -361,10 +363,11 @@ def _emit(out: TextIO, as_json: bool, data: Any, text: str) -> None:
 def _render_runs(listed: Sequence[dict[str, Any]]) -> str:
     if not listed:
         return "no ingest runs"
-    lines = [f"{'run':<26} {'status':<12} {'inserted':>9} {'updated':>8}  started"]
+    # Runs are per owner: the service role sees every owner's, and two may share a name.
+    lines = [f"{'run':<26} {'status':<12} {'inserted':>9} {'updated':>8}  {'started':<32}  owner"]
     for run in listed:
         lines.append(
             f"{run['run_id']!s:<26} {run['status']!s:<12} {run['inserted']:>9} {run['updated']:>8}  "
-            f"{run['started_at']}"
+            f"{run['started_at']!s:<32}  {run.get('owner_id') or 'service role'}"
         )
     return "\n".join(lines)

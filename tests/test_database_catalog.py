@@ -21,14 +21,56 @@ def test_every_public_table_has_row_level_security(conn: psycopg.Connection) -> 
     assert missing == []
 
 
-def test_every_function_has_a_fixed_empty_search_path_and_runs_as_invoker(conn: psycopg.Connection) -> None:
+def test_every_function_has_a_fixed_empty_search_path(conn: psycopg.Connection) -> None:
     offenders = rows(
         conn,
-        f"""select p.oid::regprocedure::text, p.prosecdef, p.proconfig from pg_proc p
+        f"""select p.oid::regprocedure::text, p.proconfig from pg_proc p
              where p.pronamespace::regnamespace::text in {OUR_SCHEMAS}
-               and (p.prosecdef or not coalesce('search_path=""' = any (p.proconfig), false))""",
+               and not coalesce('search_path=""' = any (p.proconfig), false)""",
     )
     assert offenders == []
+
+
+# The only functions that run as their owner (docs/decisions/0010-history-written-by-its-run.md): the
+# trigger that writes run history from real row changes (nobody may call it), and the run-state function
+# the ingest-run RPCs call. Both check the caller themselves; every other function runs as its caller,
+# under Row Level Security. Columns: schema, owned by the tables' owner, a trigger function, callers.
+SECURITY_DEFINER = [
+    ("supa_vectors_internal.record_run_history()", "supa_vectors_internal", True, True, ""),
+    (
+        "supa_vectors_internal.update_ingest_run(text,text,jsonb,jsonb,jsonb)",
+        "supa_vectors_internal",  # never an RPC: PostgREST does not expose this schema
+        True,
+        False,
+        "authenticated,service_role",
+    ),
+]
+
+
+def test_only_the_listed_functions_run_as_their_owner_and_only_their_callers_may_call_them(
+    conn: psycopg.Connection,
+) -> None:
+    definers = rows(
+        conn,
+        f"""select p.oid::regprocedure::text, p.pronamespace::regnamespace::text,
+                  p.proowner = (select relowner from pg_class where oid = 'public.documents'::regclass),
+                  p.prorettype = 'trigger'::regtype,
+                  array_to_string(array(
+                    select r.rolname::text from pg_roles r
+                     where r.rolname in ('anon', 'authenticated', 'service_role')
+                       and has_function_privilege(r.oid, p.oid, 'execute') order by 1), ',')
+             from pg_proc p
+            where p.pronamespace::regnamespace::text in {OUR_SCHEMAS} and p.prosecdef
+            order by 1""",
+    )
+    assert definers == SECURITY_DEFINER
+    # PUBLIC holds EXECUTE on new functions by default; has_function_privilege counts it for every role.
+    public_grants = rows(
+        conn,
+        f"""select p.oid::regprocedure::text from pg_proc p, aclexplode(p.proacl) a
+             where p.pronamespace::regnamespace::text in {OUR_SCHEMAS} and p.prosecdef and a.grantee = 0""",
+    )
+    assert public_grants == []
 
 
 def test_no_extension_lives_in_public(conn: psycopg.Connection) -> None:
@@ -123,3 +165,21 @@ def test_signed_in_users_hold_only_row_level_privileges(conn: psycopg.Connection
                    or has_table_privilege('service_role', c.oid, p.privilege_type))""",
     )
     assert granted == []
+
+
+def test_each_role_has_at_most_one_permissive_policy_per_action(conn: psycopg.Connection) -> None:
+    # Supabase's linter (splinter) warns multiple_permissive_policies: permissive policies are OR-ed, so
+    # every one that applies runs on every row. A `for all` policy applies to each action.
+    overlapping = rows(
+        conn,
+        """select p.tablename, r.role, a.action, array_agg(p.policyname::text order by p.policyname)
+             from pg_policies p,
+                  unnest(case when 'public' = any (p.roles)
+                              then array['anon', 'authenticated', 'service_role']
+                              else p.roles::text[] end) as r(role),
+                  unnest(case p.cmd when 'ALL' then array['SELECT', 'INSERT', 'UPDATE', 'DELETE']
+                                    else array[p.cmd] end) as a(action)
+            where p.schemaname = 'public' and p.permissive = 'PERMISSIVE'
+            group by 1, 2, 3 having count(*) > 1""",
+    )
+    assert overlapping == []

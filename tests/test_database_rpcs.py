@@ -552,3 +552,47 @@ def test_bulk_load_needs_the_table_owner(conn: psycopg.Connection) -> None:
     assert conn.execute("select to_regclass('public.embeddings_embedding_hnsw_idx')").fetchone() == (None,)
     assert conn.execute("select public.finish_bulk_load()").fetchone() == (True,)
     assert conn.execute("select public.finish_bulk_load()").fetchone() == (False,)
+
+
+# --- ingest runs (issue 10) ----------------------------------------------------------------------
+
+
+def outcome_of(conn: psycopg.Connection, fn: str, **params: Any) -> str:
+    """What a caller learns from a call: its SQLSTATE, or "ok"."""
+    conn.execute("savepoint probe")
+    try:
+        call(conn, fn, **params)
+    except psycopg.Error as exc:
+        conn.execute("rollback to savepoint probe")
+        return str(exc.diag.sqlstate)
+    conn.execute("release savepoint probe")
+    return "ok"
+
+
+def test_run_ids_are_per_owner_so_no_answer_reveals_another_users_run(conn: psycopg.Connection) -> None:
+    act_as(conn, Identity.user(USER_A))
+    call(conn, "begin_ingest_run", run_id="a-run", sources=Jsonb({"paths": ["a"]}))
+    act_as(conn, Identity.user(USER_B))
+    assert [outcome_of(conn, "begin_ingest_run", run_id=run) for run in ("a-run", "never-seen")] == [
+        "ok",
+        "ok",
+    ]
+    assert outcome_of(conn, "finish_ingest_run", run_id="other", final_status="completed") == "22023"
+    assert outcome_of(conn, "rollback_ingest_run", run_id="other") == "22023"
+    act_as(conn, Identity.user(USER_A))
+    assert [(r["run_id"], r["sources"]) for r in call(conn, "list_ingest_runs")] == [
+        ("a-run", {"paths": ["a"]})
+    ]
+
+
+def test_a_batch_belongs_to_one_ingest_run(service: psycopg.Connection) -> None:
+    mixed = [
+        doc("x", seed=1, system={"ingest_run_id": "r1"}),
+        doc("y", seed=2, system={"ingest_run_id": "r2"}),
+    ]
+    untagged = [doc("x", seed=1, system={"ingest_run_id": "r1"}), doc("y", seed=2)]
+    for batch in (mixed, untagged):
+        error = sqlstate_of(service, "bulk_upsert", documents=batch)
+        assert error.diag.sqlstate == "22023"
+        assert str(error.diag.message_primary).startswith("a batch belongs to one ingest run")
+    assert count_rows(service) == (0, 0, 0)

@@ -40,7 +40,7 @@ from supa_vectors.migrate.readers import RawRecord, ReadProblem, SourceFile, dis
 from supa_vectors.migrate.validation import Rules, derived_id, validate
 from supa_vectors.transport.identity import Identity
 from supa_vectors.transport.postgres import PostgresTransport
-from tests.conftest import CORPUS, REPO_ROOT, USER_A, USER_B, FakeEmbedder
+from tests.conftest import CORPUS, REPO_ROOT, USER_A, USER_B, FakeEmbedder, act_as
 
 EXAMPLES = REPO_ROOT / "examples" / "documents"
 BAD = CORPUS / "bad-documents"
@@ -791,6 +791,50 @@ def test_runs_and_history_follow_row_level_security(db: str, state: Path, tmp_pa
     assert stored(db) == {}
 
 
+def test_a_users_run_of_the_same_name_never_reaches_the_operators_run(
+    db: str, state: Path, tmp_path: Path
+) -> None:
+    """Issue 10: B reads the service run's id from document_metadata and writes under it; the
+    operator's ``runs`` and ``rollback`` still see only what the service run wrote."""
+    service = store_for(db)
+    user_b = VectorStore.from_url(db, embedder=FakeEmbedder(), identity=Identity.user(USER_B))
+    with service, user_b:
+        service.upsert([{"id": "handbook", "content": "The handbook"}])
+        run = migrate(
+            [write_json(tmp_path / "guide.json", [{"id": "guide", "content": "The guide"}])],
+            service,
+            state_dir=state,
+        )
+        note = {
+            "external_id": "p1",
+            "content": "B's note",
+            "embedding": FakeEmbedder().vector("B").tolist(),
+            "system": {"ingest_run_id": run.run_id},
+        }
+        assert user_b.transport.rpc("bulk_upsert", {"documents": [note]})[0]["status"] == "inserted"
+        with psycopg.connect(db) as conn:
+            act_as(conn, Identity.user(USER_B))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    "insert into public.document_history (run_id, document_id, owner_id, external_id, action,"
+                    " model, previous_content, previous_metadata, written_hash, written_metadata)"
+                    " select %s, id, %s, 'p2', 'updated', 'm', 'Handbook replaced by user B',"
+                    " '{\"evil\": true}', content_hash, metadata from public.documents"
+                    " where external_id = 'handbook'",
+                    (run.run_id, USER_B),
+                )
+        theirs = [
+            (r["owner_id"], r["inserted"], r["updated"]) for r in runs(service) if r["run_id"] == run.run_id
+        ]
+        assert set(theirs) == {(None, 1, 0), (USER_B, 1, 0)}
+        assert [(r["run_id"], r["inserted"]) for r in runs(user_b)] == [(run.run_id, 1)]
+        undone = rollback(run.run_id, service, force=True)
+        assert (undone.deleted, undone.restored, undone.conflicts) == (1, 0, [])
+        # The operator's run of that name, not B's (still running, and newer), is the one reported on.
+        assert rollback(run.run_id, service).already_rolled_back
+    assert stored(db) == {"handbook": ("The handbook", {}), "p1": ("B's note", {})}
+
+
 # --------------------------------------------------------------------------------------------------
 # The command
 
@@ -820,6 +864,7 @@ def test_cli_migrate_verify_runs_and_rollback(db: str, state: Path) -> None:
     code, text = run_cli(["runs", *common])
     assert code == 0
     assert run_id in text
+    assert text.splitlines()[1].endswith("service role")  # runs are per owner; this one is the operator's
     code, text = run_cli(["rollback", run_id, *common])
     assert code == 0
     assert "14 documents deleted" in text

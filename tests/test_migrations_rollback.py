@@ -12,8 +12,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg.types.json import Json
 
 from supa_vectors.local import applied_versions, apply_migrations, find_migrations_dir, rollback_last
+from supa_vectors.transport.identity import Identity
+from tests.conftest import USER_B, act_as
 
 CATALOG_SNAPSHOT = """
 select 'function ' || p.pronamespace::regnamespace::text || '.' || p.proname
@@ -84,3 +87,46 @@ def test_apply_roll_back_apply_gives_the_same_schema(scratch: tuple[str, Literal
 
     assert apply_migrations(url, migrator=migrator) == versions
     assert snapshot(url) == first
+
+
+def test_upgrading_drops_history_rows_a_user_planted(database_url: str) -> None:
+    """20261202000600 removes history rows that could only have been planted (issue 10) and keeps the rest."""
+    name = "rollback_planted"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+        conn.execute(f"create database {name}")
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    try:
+        apply_migrations(url, migrator="builtin")
+        assert rollback_last(url) == "20261202000600"
+        vector = "[" + ",".join(["0.05"] * 384) + "]"
+        with psycopg.connect(url) as conn:
+            act_as(conn, Identity.service())
+            for external_id, run in (("handbook", "svc-old"), ("guide", "svc-run")):
+                document = {
+                    "external_id": external_id,
+                    "content": f"The {external_id}",
+                    "system": {"ingest_run_id": run},
+                }
+                conn.execute(
+                    "select count(*) from public.bulk_upsert(%s, array[%s::extensions.vector])",
+                    (Json([document]), vector),
+                )
+            act_as(conn, Identity.user(USER_B))
+            conn.execute(
+                "insert into public.document_history (run_id, document_id, owner_id, external_id, action,"
+                " model, previous_content, previous_metadata, written_hash, written_metadata)"
+                " select 'svc-run', d.id, %s, 'p1', 'updated', 'm', 'Handbook replaced by user B', '{}',"
+                " d.content_hash, d.metadata from public.get_documents(array['handbook']) d",
+                (USER_B,),
+            )
+            conn.commit()
+        assert apply_migrations(url, migrator="builtin") == ["20261202000600"]
+        with psycopg.connect(url) as conn:
+            history = conn.execute(
+                "select h.run_id, h.external_id, h.action from public.document_history h order by 1"
+            ).fetchall()
+        assert history == [("svc-old", "handbook", "inserted"), ("svc-run", "guide", "inserted")]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")

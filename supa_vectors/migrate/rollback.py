@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from supa_vectors._rpc import transport_identity
 from supa_vectors.errors import BackendError, InvalidInputError
 from supa_vectors.migrate.report import RollbackReport
 from supa_vectors.transport.base import Transport
@@ -21,7 +22,8 @@ def rollback_run(transport: Transport, run_id: str, *, force: bool = False) -> R
     """Delete what ``run_id`` inserted and restore what it updated; see ``RollbackReport``.
 
     A document changed after the run is a conflict and stays as it is (roll back the later run
-    first), unless ``force``.
+    first), unless ``force``; one that a later run rewrote, or that the run's history does not match
+    (owner, id, provenance), is a conflict even with ``force``.
     """
     if not isinstance(run_id, str) or not run_id.strip():
         raise InvalidInputError("run_id must be a non-empty string")
@@ -49,7 +51,14 @@ def list_runs(transport: Transport, limit: int = 100) -> list[dict[str, Any]]:
 
 
 def _run(transport: Transport, run_id: str) -> Mapping[str, Any] | None:
-    for row in list_runs(transport, 1000):
-        if row.get("run_id") == run_id:
+    """The caller's own run of that name. Runs are per owner: the service role sees every owner's runs
+    and owns those with ``owner_id`` null; a signed-in user sees only its own."""
+    identity = transport_identity(transport)
+    subject = identity.subject if identity is not None else None
+    matches = [row for row in list_runs(transport, 1000) if row.get("run_id") == run_id]
+    for row in matches:
+        owner = row.get("owner_id")
+        if (None if owner is None else str(owner)) == subject:
             return row
-    return None
+    # A transport that does not say who it is (PostgREST: the key decides): a user sees one run at most.
+    return matches[0] if identity is None and len(matches) == 1 else None
