@@ -363,7 +363,9 @@ def test_the_worst_filter_allowed_ends_within_the_statement_timeout(
     with psycopg.connect(clean_url) as conn:
         as_user(conn)
         conn.execute("select set_config('statement_timeout', %s, true)", (f"{int(timeout * 1000)}ms",))
-        for filter, outcomes in ((or_of_in_lists(), {"22023"}), (worst_allowed(), {None, "57014"})):
+        # Under the short timeout, reading and measuring 4.9 MB may itself be cut short: 57014 is prompt too.
+        issue = {"22023"} if timeout > 1 else {"22023", "57014"}
+        for filter, outcomes in ((or_of_in_lists(), issue), (worst_allowed(), {None, "57014"})):
             started = time.perf_counter()
             error = run_rpc(conn, rpc, json.dumps(filter))
             elapsed = time.perf_counter() - started
