@@ -29,7 +29,7 @@ from supa_vectors.errors import (
     InvalidInputError,
     ModelMismatchError,
 )
-from supa_vectors.filters import Filter, validate_filter
+from supa_vectors.filters import DEFAULT_FILTER_LIMITS, FilterLimits
 from supa_vectors.models import (
     Document,
     HybridSearchResult,
@@ -178,6 +178,7 @@ class StoreSettings:
     max_content_bytes: int = 1_000_000
     max_result_rows: int = 1000
     max_batch_size: int = 1000
+    filter_limits: FilterLimits = DEFAULT_FILTER_LIMITS
 
     @classmethod
     def from_json(cls, value: Any) -> StoreSettings:
@@ -190,6 +191,7 @@ class StoreSettings:
                 max_content_bytes=int(value.get("max_content_bytes", 1_000_000)),
                 max_result_rows=int(value.get("max_result_rows", 1000)),
                 max_batch_size=int(value.get("max_batch_size", 1000)),
+                filter_limits=FilterLimits.from_settings(value),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"store_settings() is incomplete: {exc!r}") from exc
@@ -619,8 +621,7 @@ def list_params(after_id: int, page_size: int, filter: dict[str, Any]) -> dict[s
     return params
 
 
-def count_params(filter: Filter | None) -> dict[str, Any]:
-    checked = validate_filter(filter)
+def count_params(checked: dict[str, Any]) -> dict[str, Any]:
     return {"filter": checked} if checked else {}
 
 

@@ -13,24 +13,35 @@ filter that reaches the server is always plain JSON. Grammar::
 A JSON ``null`` in the place of a filter (top level, inside ``$and``/``$or``, under ``$not``) means "no
 condition", as on the server. Nesting deeper than 10 levels, empty or over-long field names, unknown
 operators and mistyped operands are refused.
+
+Before the grammar, the whole filter is measured against :class:`FilterLimits` (the store's
+``max_filter_*`` settings, checked by ``check_filter_bounds`` in ``*_filter_bounds.sql``): the bytes of
+jsonb's text form, the JSON nesting depth and the number of JSON values. The walk that measures is
+iterative, so a filter nested 100,000 levels deep is refused with :class:`FilterError`, not
+``RecursionError``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 from supa_vectors.errors import FilterError
 
 __all__ = [
     "COMPARISON_OPERATORS",
+    "DEFAULT_FILTER_LIMITS",
     "FIELD_OPERATORS",
     "LOGICAL_OPERATORS",
     "MAX_DEPTH",
     "MAX_FIELD_LENGTH",
     "MAX_IN_VALUES",
     "Filter",
+    "FilterLimits",
     "validate_filter",
 ]
 
@@ -46,14 +57,46 @@ MAX_FIELD_LENGTH = 256
 MAX_IN_VALUES = 1000
 
 
-def validate_filter(filter: Filter | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FilterLimits:
+    """Bounds on a whole filter: the store's ``max_filter_bytes``, ``max_filter_json_depth`` and
+    ``max_filter_values`` settings (``metadata_global``); the defaults are what the migration seeds.
+
+    They keep a filter's compiled SQL small enough that Postgres parses and plans it within moments
+    (docs/decisions/0011-filter-bounds.md), whatever the statement timeout.
+    """
+
+    max_bytes: int = 262_144  # bytes of the filter's jsonb text form
+    max_json_depth: int = 64  # levels of JSON nesting below the filter itself
+    max_values: int = 5000  # JSON values (objects, arrays, scalars), the filter included
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> FilterLimits:
+        """The limits in a ``store_settings()`` reply; a store migrated before they existed has none."""
+        return cls(
+            max_bytes=int(settings.get("max_filter_bytes", cls.max_bytes)),
+            max_json_depth=int(settings.get("max_filter_json_depth", cls.max_json_depth)),
+            max_values=int(settings.get("max_filter_values", cls.max_values)),
+        )
+
+
+DEFAULT_FILTER_LIMITS = FilterLimits()
+
+
+def validate_filter(
+    filter: Filter | None, *, limits: FilterLimits | None = DEFAULT_FILTER_LIMITS
+) -> dict[str, Any]:
     """Check ``filter`` and return it as plain JSON data (dicts and lists), ready to send.
 
-    Raises :class:`FilterError` naming the offending clause.
+    ``limits`` are the store's (``store.settings().filter_limits``); ``None`` checks the grammar only,
+    for a caller that checks the bounds later, once it knows the store's limits. Raises
+    :class:`FilterError` naming the offending clause or the exceeded limit.
     """
     if filter is None:
         return {}
-    plain = _to_json(filter, "filter")
+    plain, size = _to_json(filter)
+    if limits is not None:
+        _check_bounds(size, limits)
     _check_filter(plain, 0)
     assert isinstance(plain, dict)  # _check_filter refused everything else
     return plain
@@ -74,30 +117,126 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-def _to_json(value: Any, where: str) -> Any:
-    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, odd types)."""
-    if value is None or isinstance(value, bool | int):
-        return value
+@dataclass
+class _Size:
+    """What the server's bounds measure: bytes of jsonb's text form, deepest level, values."""
+
+    bytes: int = 0
+    depth: int = 0
+    values: int = 0
+
+
+# A place in the filter: its last step and the place it is in ("filter" has none).
+_Place: TypeAlias = tuple[str, "_Place | None"]
+
+
+def _to_json(value: Any) -> tuple[Any, _Size]:
+    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, odd types), and
+    measure it as the server will.
+
+    Iterative (an explicit stack, children in document order), so no nesting exhausts Python's stack
+    and the first problem reported is the first in the document. A value's place ("filter.a[2]") is
+    kept as a chain and spelled out only for an error, so a deep filter costs linear time.
+    """
+    size = _Size()
+    root: list[Any] = [None]
+    # (value, its place, its level, the copy's container and slot, whether slot is a key to check)
+    stack: list[tuple[Any, _Place, int, Any, Any, bool]] = [(value, ("filter", None), 0, root, 0, False)]
+    while stack:
+        item, place, level, parent, slot, is_key = stack.pop()
+        if is_key:
+            assert place[1] is not None
+            if not isinstance(slot, str):
+                raise FilterError(f"invalid filter: key {slot!r} in {_spell(place[1])} is not a string")
+            if "\x00" in slot:
+                raise FilterError(f"invalid filter: a key in {_spell(place[1])} contains a NUL character")
+            size.bytes += _string_bytes(slot, place[1], key=True) + 2  # ": "
+        size.values += 1
+        size.depth = max(size.depth, level)
+        if isinstance(item, list | tuple):
+            copy: Any = [None] * len(item)
+            size.bytes += 2 + 2 * max(len(item) - 1, 0)  # "[]" and ", "
+            stack.extend(
+                (child, (f"[{i}]", place), level + 1, copy, i, False)
+                for i, child in reversed(list(enumerate(item)))
+            )
+        elif isinstance(item, Mapping):
+            copy = {}
+            size.bytes += 2 + 2 * max(len(item) - 1, 0)  # "{}" and ", "
+            stack.extend(
+                (child, (f".{key}", place), level + 1, copy, key, True)
+                for key, child in reversed(list(item.items()))
+            )
+        else:
+            copy = item
+            size.bytes += _scalar_bytes(item, place)
+        parent[slot] = copy
+    return root[0], size
+
+
+def _spell(place: _Place) -> str:
+    steps: list[str] = []
+    at: _Place | None = place
+    while at is not None:
+        steps.append(at[0])
+        at = at[1]
+    return "".join(reversed(steps))
+
+
+def _string_bytes(text: str, place: _Place, *, key: bool = False) -> int:
+    """Bytes of ``text`` as jsonb prints it: quoted, escaped like json.dumps(ensure_ascii=False), UTF-8."""
+    try:
+        if "\x00" not in text:
+            return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+        problem = "a NUL character, which jsonb cannot store"
+    except UnicodeEncodeError:
+        problem = "a lone surrogate, which is not Unicode text"
+    where = f"a key in {_spell(place)}" if key else _spell(place)
+    raise FilterError(f"invalid filter: {where} contains {problem}")
+
+
+def _scalar_bytes(value: Any, place: _Place) -> int:
+    if value is None or value is True:
+        return 4  # null, true
+    if value is False:
+        return 5
+    if isinstance(value, int):
+        try:
+            return len(int.__repr__(value))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            where = _spell(place)
+            raise FilterError(f"invalid filter: {where} has too many digits to send as JSON") from None
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise FilterError(f"invalid filter: {where} is {value}; JSON numbers are finite")
-        return value
+            raise FilterError(f"invalid filter: {_spell(place)} is {value}; JSON numbers are finite")
+        return len(_numeric_text(value))
     if isinstance(value, str):
-        if "\x00" in value:
-            raise FilterError(f"invalid filter: {where} contains a NUL character, which jsonb cannot store")
-        return value
-    if isinstance(value, list | tuple):
-        return [_to_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise FilterError(f"invalid filter: key {key!r} in {where} is not a string")
-            if "\x00" in key:
-                raise FilterError(f"invalid filter: a key in {where} contains a NUL character")
-            out[key] = _to_json(item, f"{where}.{key}")
-        return out
-    raise FilterError(f"invalid filter: {where} is a {type(value).__name__}, which is not JSON")
+        return _string_bytes(value, place)
+    raise FilterError(f"invalid filter: {_spell(place)} is a {type(value).__name__}, which is not JSON")
+
+
+def _numeric_text(value: float) -> str:
+    """How jsonb prints the float json.dumps sends (repr): numeric keeps the digits after the point
+    and expands the exponent (1e+16 -> 10000000000000000, 1.5e-07 -> 0.00000015); it has no -0."""
+    text = format(Decimal(float.__repr__(value)), "f")
+    return text.removeprefix("-") if value == 0 else text
+
+
+def _check_bounds(size: _Size, limits: FilterLimits) -> None:
+    # Same order and wording as check_filter_bounds() on the server.
+    if size.bytes > limits.max_bytes:
+        raise FilterError(
+            f"invalid filter: the filter has {size.bytes} bytes of JSON; the limit is {limits.max_bytes}"
+        )
+    if size.depth > limits.max_json_depth:
+        raise FilterError(
+            f"invalid filter: the filter nests deeper than {limits.max_json_depth} levels of JSON; "
+            f"the limit is {limits.max_json_depth}"
+        )
+    if size.values > limits.max_values:
+        raise FilterError(
+            f"invalid filter: the filter has {size.values} JSON values; the limit is {limits.max_values}"
+        )
 
 
 def _check_filter(filter: Any, depth: int) -> None:

@@ -299,6 +299,13 @@ class VectorStore(_StoreState):
         """
         return self._settings_now(force=False)
 
+    def _checked_filter(self, filter: Filter | None) -> dict[str, Any]:
+        """``filter`` checked against the store's own bounds (read with its settings, once per store;
+        offline the last ones seen), so it is refused before any call that would carry it."""
+        if filter is None:
+            return {}
+        return validate_filter(filter, limits=self.settings().filter_limits)
+
     def _settings_now(self, *, force: bool) -> StoreSettings:
         if self._settings is None:
             settings, live = self._run(self._offline.settings_flow(), force=force)
@@ -432,7 +439,7 @@ class VectorStore(_StoreState):
         When the backend cannot answer, the cached answer to the same question or the mirror's answer
         is returned with ``stale=True`` (see the class docstring); with neither, the error is raised.
         """
-        checked_filter = validate_filter(filter)
+        checked_filter = self._checked_filter(filter)
         threshold = _rpc.check_threshold(threshold)
         _rpc.check_k(k)
         self._maybe_flush()
@@ -459,7 +466,7 @@ class VectorStore(_StoreState):
 
         Offline it falls back to the cached answer only (the mirror has no full-text ranking).
         """
-        checked_filter = validate_filter(filter)
+        checked_filter = self._checked_filter(filter)
         text = _rpc.check_query_text(query)
         _rpc.check_k(k)
         tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
@@ -490,7 +497,7 @@ class VectorStore(_StoreState):
         return self._run(self._offline.delete_flow(wanted))
 
     def count(self, filter: Filter | None = None) -> int:
-        params = _rpc.count_params(filter)
+        params = _rpc.count_params(self._checked_filter(filter))
         self._maybe_flush()
         return int(self._call("count_documents", params))
 
@@ -502,7 +509,7 @@ class VectorStore(_StoreState):
         Pages follow the last id seen (keyset), so documents inserted meanwhile never shift a page:
         nothing is skipped or repeated. Arguments are checked now, not at the first ``next()``.
         """
-        checked = validate_filter(filter)
+        checked = self._checked_filter(filter)
         _rpc.check_page_size(page_size)
         return self._pages(checked, page_size)
 
@@ -655,6 +662,12 @@ class AsyncVectorStore(_StoreState):
         """See :meth:`VectorStore.settings`."""
         return await self._settings_now(force=False)
 
+    async def _checked_filter(self, filter: Filter | None) -> dict[str, Any]:
+        """See :meth:`VectorStore._checked_filter`."""
+        if filter is None:
+            return {}
+        return validate_filter(filter, limits=(await self.settings()).filter_limits)
+
     async def _settings_now(self, *, force: bool) -> StoreSettings:
         if self._settings is None:
             async with self._settings_lock:
@@ -777,7 +790,7 @@ class AsyncVectorStore(_StoreState):
         filter: Filter | None = None,
     ) -> list[SearchResult]:
         """See :meth:`VectorStore.search`."""
-        checked_filter = validate_filter(filter)
+        checked_filter = await self._checked_filter(filter)
         threshold = _rpc.check_threshold(threshold)
         _rpc.check_k(k)
         await self._maybe_flush()
@@ -801,7 +814,7 @@ class AsyncVectorStore(_StoreState):
         rrf_k: int = 50,
     ) -> list[HybridSearchResult]:
         """See :meth:`VectorStore.hybrid_search`."""
-        checked_filter = validate_filter(filter)
+        checked_filter = await self._checked_filter(filter)
         text = _rpc.check_query_text(query)
         _rpc.check_k(k)
         tuning = _rpc.hybrid_tuning(full_text_weight, semantic_weight, rrf_k)
@@ -829,19 +842,28 @@ class AsyncVectorStore(_StoreState):
         return await self._run(self._offline.delete_flow(wanted))
 
     async def count(self, filter: Filter | None = None) -> int:
-        params = _rpc.count_params(filter)
+        params = _rpc.count_params(await self._checked_filter(filter))
         await self._maybe_flush()
         return int(await self._call("count_documents", params))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500
     ) -> AsyncIterator[StoredDocument]:
-        """See :meth:`VectorStore.iter_documents`; use with ``async for``."""
-        checked = validate_filter(filter)
-        _rpc.check_page_size(page_size)
-        return self._pages(checked, page_size)
+        """See :meth:`VectorStore.iter_documents`; use with ``async for``.
 
-    async def _pages(self, checked: dict[str, Any], page_size: int) -> AsyncIterator[StoredDocument]:
+        Reading the settings needs a round trip this method cannot await: until the store has read
+        them, the filter's grammar is checked now and its bounds before the first page is asked for.
+        """
+        limits = self._settings.filter_limits if self._settings is not None else None
+        checked = validate_filter(filter, limits=limits)
+        _rpc.check_page_size(page_size)
+        return self._pages(checked, page_size, bounds_checked=limits is not None)
+
+    async def _pages(
+        self, checked: dict[str, Any], page_size: int, *, bounds_checked: bool
+    ) -> AsyncIterator[StoredDocument]:
+        if not bounds_checked:
+            checked = await self._checked_filter(checked)
         await self._maybe_flush()
         after = 0
         while True:

@@ -191,6 +191,14 @@ def nest(filter: Any, levels: int) -> Any:
     return filter
 
 
+def nest_list(levels: int) -> Any:
+    """A value ``levels`` deep below its field: [[...[0]...]]."""
+    value: Any = 0
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 invalid_leaves = st.one_of(
     st.sampled_from(["$nor", "$all", "$"]).map(lambda op: {op: [{}]}),
     st.tuples(
@@ -209,6 +217,10 @@ invalid_leaves = st.one_of(
     st.sampled_from([[], 5, "x", True]).map(lambda v: {"$not": v}),
     st.just(nest({}, 11)),
     st.sampled_from([[], [{}], "x", 3, True]),  # not an object at all
+    # over the bounds on the whole filter: bytes, JSON depth, values (*_filter_bounds.sql)
+    st.just({"s": "x" * 262_144}),
+    st.just({"tags": nest_list(65)}),
+    st.just({"tags": [0] * 4999}),
 )
 invalid_filters = st.one_of(
     invalid_leaves,
@@ -331,6 +343,9 @@ INVALID_CASES: list[tuple[Any, str]] = [
     ({"n": {"$like": "a"}}, 'unknown operator "$like" on "n"'),
     ({"n": {"$eq": 1, "k": 2}}, 'the condition on "n" mixes operators and plain keys'),
     (nest({}, 11), "nested deeper than 10 levels"),
+    ({"s": "x" * 262_136}, "the filter has 262145 bytes of JSON; the limit is 262144"),
+    ({"tags": nest_list(65)}, "the filter nests deeper than 64 levels of JSON; the limit is 64"),
+    ({"tags": [0] * 4999}, "the filter has 5001 JSON values; the limit is 5000"),
 ]
 
 
