@@ -457,10 +457,8 @@ def restore_vector_index(url: str) -> bool:
     """
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            row = conn.execute(
-                "select case when pg_catalog.to_regprocedure('public.restore_vector_index()') is not null"
-                " then public.restore_vector_index() else false end"
-            ).fetchone()
+            found = conn.execute("select to_regprocedure('public.restore_vector_index()')").fetchone()
+            row = found and found[0] and conn.execute("select public.restore_vector_index()").fetchone()
     except psycopg.Error as exc:
         raise LocalStackError(f"cannot rebuild the vector index: {_one_line(exc)}") from exc
     rebuilt = bool(row and row[0])
