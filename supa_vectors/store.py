@@ -167,6 +167,9 @@ class _StoreState:
         self._embedder_checked = False
         # Cleared when restore_vector_index cannot run for this connection (not the table owner).
         self._restore_index = True
+        # Set when this store's own bulk load could not rebuild the index: its pooled session may live
+        # on (so the server cannot tell the load is over), and the next write finishes it.
+        self._unfinished_bulk_load = False
         self._settings: StoreSettings | None = None
         self._lock = threading.Lock()
         self._offline = OfflineLayer(
@@ -212,6 +215,10 @@ class _StoreState:
             _rpc.check_embedder(embedder, settings)
             self._embedder_checked = True
         return embedder
+
+    def _restore_rpc(self) -> str:
+        # Our own unfinished load is finished outright; anyone else's only once its loader is gone.
+        return "finish_bulk_load" if self._unfinished_bulk_load else "restore_vector_index"
 
     def _check_given_embedder(self, settings: StoreSettings) -> None:
         # A caller-supplied embedder is checked before any write, even one that ends up embedding
@@ -438,8 +445,10 @@ class VectorStore(_StoreState):
         transport = self._transport
         if settings is None or not isinstance(transport, SupportsSessionUserRpc):
             return self._run(flow)
-        if not (_use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()):
+        bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
+        if not bulk_path or self._unfinished_bulk_load:
             self._restore_vector_index(transport)
+        if not bulk_path:
             return self._run(flow)
         try:
             # begin_bulk_load restores an index an abandoned load left dropped, then decides.
@@ -458,21 +467,24 @@ class VectorStore(_StoreState):
             try:
                 transport.rpc_as_session_user("finish_bulk_load", {})
             except SupaVectorsError as exc:
+                self._unfinished_bulk_load = True
                 _cleanup_failed(exc)
             raise
         try:
             transport.rpc_as_session_user("finish_bulk_load", {})
         except SupaVectorsError as exc:
+            self._unfinished_bulk_load = True
             return _after_rebuild_failure(exc, results)
         return results
 
     def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
         """Before a write as the table owner: rebuild the index if a bulk load whose owner is gone
-        left it dropped (one catalog lookup when it is there)."""
+        (or this store's own, whose rebuild failed) left it dropped; one catalog lookup otherwise."""
         if not self._restore_index:
             return
         try:
-            _restored(transport.rpc_as_session_user("restore_vector_index", {}))
+            _restored(transport.rpc_as_session_user(self._restore_rpc(), {}))
+            self._unfinished_bulk_load = False
         except (AuthError, NotFoundError):
             self._restore_index = False  # not the table owner, or a schema from before the RPC
         except SupaVectorsError as exc:
@@ -808,8 +820,10 @@ class AsyncVectorStore(_StoreState):
         transport = self._transport
         if settings is None or not isinstance(transport, _SupportsAsyncSessionUserRpc):
             return await self._run(flow)
-        if not (_use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()):
+        bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
+        if not bulk_path or self._unfinished_bulk_load:
             await self._restore_vector_index(transport)
+        if not bulk_path:
             return await self._run(flow)
         try:
             began = await transport.rpc_as_session_user("begin_bulk_load", _begin_params(len(prepared)))
@@ -828,11 +842,13 @@ class AsyncVectorStore(_StoreState):
             try:
                 await transport.rpc_as_session_user("finish_bulk_load", {})
             except SupaVectorsError as exc:
+                self._unfinished_bulk_load = True
                 _cleanup_failed(exc)
             raise
         try:
             await transport.rpc_as_session_user("finish_bulk_load", {})
         except SupaVectorsError as exc:
+            self._unfinished_bulk_load = True
             return _after_rebuild_failure(exc, results)
         return results
 
@@ -841,7 +857,8 @@ class AsyncVectorStore(_StoreState):
         if not self._restore_index:
             return
         try:
-            _restored(await transport.rpc_as_session_user("restore_vector_index", {}))
+            _restored(await transport.rpc_as_session_user(self._restore_rpc(), {}))
+            self._unfinished_bulk_load = False
         except (AuthError, NotFoundError):
             self._restore_index = False  # not the table owner, or a schema from before the RPC
         except SupaVectorsError as exc:
