@@ -6,9 +6,11 @@ A store holds ``EXISTING`` rows with their HNSW index. Eight searcher threads as
 * ``idle``: nothing else runs: the baseline, measured again before each load;
 * ``load keeping the index``: meanwhile ``VectorStore.upsert`` loads ``LOAD`` more rows (precomputed
   vectors, ``bulk=True``, as the SDK's default does from 10,000 documents), and the server keeps the
-  index because the load does not dwarf the store (``bulk_load_growth_factor`` 10);
+  index because the load does not dwarf the store (``bulk_load_growth_factor`` 100);
 * ``load dropping the index``: the same with ``bulk_load_growth_factor`` 1, i.e. the rule before
-  decision 0012 (drop whenever the load is larger than the store), rebuild included.
+  decision 0012 (drop whenever the load is larger than the store), rebuild included;
+* ``near-empty store``: 1% of ``EXISTING`` stored, where the default rule still drops: what
+  searches pay there (little is stored for anyone else to search).
 
 Searcher p50/p95 are ratios against the idle run just before; the loads' durations against each other.
 The CPU's vector features are printed: HNSW and exact distances both run on them.
@@ -165,8 +167,13 @@ def run(quick: bool) -> dict[str, float]:
         searchers = Searchers(url, queries)
         try:
             loads: dict[str, float] = {}
-            for label, factor in (("keeping the index", 10), ("dropping the index", 1)):
-                _reset(url, existing)
+            phases = (
+                ("keeping the index", 100, existing),
+                ("dropping the index", 1, existing),
+                ("into a near-empty store", 100, existing[: existing_rows // 100]),
+            )
+            for label, factor, stored in phases:
+                _reset(url, stored)
                 _growth_factor(url, factor)
                 idle = searchers.run(each=IDLE_QUERIES)
                 during, seconds, dropped = _load_under_search(url, searchers, load)

@@ -108,14 +108,14 @@ def test_the_index_is_dropped_only_for_a_load_that_dwarfs_the_store(empty_db: st
             "insert into public.embeddings (document_id, model, embedding)"
             " select id, 'm', array_fill(0.5, array[384])::real[]::extensions.vector from public.documents"
         )
-        # 200 stored: a load must bring 10x as many rows to be worth losing the index for.
-        assert conn.execute("select public.begin_bulk_load(1999)").fetchone() == (False,)
+        # 200 stored: a load must bring 100x as many rows to be worth losing the index for.
+        assert conn.execute("select public.begin_bulk_load(19999)").fetchone() == (False,)
         assert conn.execute(f"select to_regclass('{INDEX}') is not null").fetchone() == (True,)
-        assert conn.execute("select public.begin_bulk_load(2000)").fetchone() == (True,)
+        assert conn.execute("select public.begin_bulk_load(20000)").fetchone() == (True,)
         assert conn.execute(f"select to_regclass('{INDEX}')").fetchone() == (None,)
         state = conn.execute("select public.store_stats()->'bulk_load'").fetchone()
         assert state is not None
-        assert state[0] == state[0] | {"expected_rows": 2000, "abandoned": False}
+        assert state[0] == state[0] | {"expected_rows": 20000, "abandoned": False}
         conn.rollback()
 
 

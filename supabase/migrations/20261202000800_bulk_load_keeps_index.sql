@@ -13,14 +13,14 @@
 --     restore_vector_index(), which begin_bulk_load runs first, the SDK runs before a write as the
 --     table owner, and `supa-vectors local start` runs after a restart. A live load is left alone.
 --   * the index is dropped only when the load dwarfs what is stored: expected_rows >=
---     max(bulk_load_min_rows, bulk_load_growth_factor x existing rows), 1,000 and 10 by default
+--     max(bulk_load_min_rows, bulk_load_growth_factor x existing rows), 1,000 and 100 by default
 --     (metadata_global), so loads into a store that others search keep the index.
 --   * store_stats reports the marker ('bulk_load': started_at, expected_rows, abandoned) to the
 --     service role, so an operator sees a load in progress or one that needs finishing.
 
 insert into public.metadata_global (key, value) values
   ('bulk_load_min_rows', '1000'),
-  ('bulk_load_growth_factor', '10');
+  ('bulk_load_growth_factor', '100');
 
 -- One row at most: the load that dropped the index and has not rebuilt it yet.
 create table supa_vectors_internal.bulk_load (
@@ -105,7 +105,7 @@ set search_path = ''
 as $$
 declare
   min_rows constant bigint := coalesce((supa_vectors_internal.setting('bulk_load_min_rows') #>> '{}')::bigint, 1000);
-  factor constant bigint := coalesce((supa_vectors_internal.setting('bulk_load_growth_factor') #>> '{}')::bigint, 10);
+  factor constant bigint := coalesce((supa_vectors_internal.setting('bulk_load_growth_factor') #>> '{}')::bigint, 100);
   existing bigint;
 begin
   -- Dropping and building the index needs the table owner; say so before deciding anything.
