@@ -114,11 +114,6 @@ def _begin_params(count: int) -> dict[str, Any]:
     return {"expected_rows": count}
 
 
-def _restored(rebuilt: Any) -> None:
-    if rebuilt:
-        logger.warning("supa-vectors: rebuilt the vector index that an interrupted bulk load had dropped")
-
-
 def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -> list[UpsertResult]:
     """``finish_bulk_load`` failed after the documents were written (or queued): never hide them.
 
@@ -216,9 +211,25 @@ class _StoreState:
             self._embedder_checked = True
         return embedder
 
-    def _restore_rpc(self) -> str:
-        # Our own unfinished load is finished outright; anyone else's only once its loader is gone.
+    def _restore_rpc(self) -> str | None:
+        """The RPC that restores the vector index before a write, or None to skip it: not the table
+        owner, or a backend the breaker does not trust right now (the write's flow queues instead of
+        waiting out the connection timeout twice). Our own unfinished load is finished outright;
+        anyone else's only once its loader is gone."""
+        if not self._restore_index or self._offline.breaker.state != "closed":
+            return None
         return "finish_bulk_load" if self._unfinished_bulk_load else "restore_vector_index"
+
+    def _restore_answered(self, rebuilt: Any, error: SupaVectorsError | None) -> None:
+        self._offline.breaker.record(error)
+        if error is None:
+            self._unfinished_bulk_load = False
+            if rebuilt:
+                logger.warning("supa-vectors: rebuilt the vector index an interrupted bulk load had dropped")
+        elif isinstance(error, AuthError | NotFoundError):
+            self._restore_index = False  # not the table owner, or a schema from before the RPC
+        elif not is_outage(error):  # an outage is left to the write's own flow (it may queue)
+            raise error
 
     def _check_given_embedder(self, settings: StoreSettings) -> None:
         # A caller-supplied embedder is checked before any write, even one that ends up embedding
@@ -480,16 +491,15 @@ class VectorStore(_StoreState):
     def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
         """Before a write as the table owner: rebuild the index if a bulk load whose owner is gone
         (or this store's own, whose rebuild failed) left it dropped; one catalog lookup otherwise."""
-        if not self._restore_index:
+        rpc = self._restore_rpc()
+        if rpc is None:
             return
         try:
-            _restored(transport.rpc_as_session_user(self._restore_rpc(), {}))
-            self._unfinished_bulk_load = False
-        except (AuthError, NotFoundError):
-            self._restore_index = False  # not the table owner, or a schema from before the RPC
+            rebuilt = transport.rpc_as_session_user(rpc, {})
         except SupaVectorsError as exc:
-            if not is_outage(exc):  # an outage is left to the write's own flow (it may queue)
-                raise
+            self._restore_answered(None, exc)
+        else:
+            self._restore_answered(rebuilt, None)
 
     def add(
         self, documents: Iterable[DocumentInput] | DocumentInput, *, bulk: bool | None = None
@@ -854,16 +864,15 @@ class AsyncVectorStore(_StoreState):
 
     async def _restore_vector_index(self, transport: _SupportsAsyncSessionUserRpc) -> None:
         """See :meth:`VectorStore._restore_vector_index`."""
-        if not self._restore_index:
+        rpc = self._restore_rpc()
+        if rpc is None:
             return
         try:
-            _restored(await transport.rpc_as_session_user(self._restore_rpc(), {}))
-            self._unfinished_bulk_load = False
-        except (AuthError, NotFoundError):
-            self._restore_index = False  # not the table owner, or a schema from before the RPC
+            rebuilt = await transport.rpc_as_session_user(rpc, {})
         except SupaVectorsError as exc:
-            if not is_outage(exc):  # an outage is left to the write's own flow (it may queue)
-                raise
+            self._restore_answered(None, exc)
+        else:
+            self._restore_answered(rebuilt, None)
 
     async def add(
         self, documents: Iterable[DocumentInput] | DocumentInput, *, bulk: bool | None = None
