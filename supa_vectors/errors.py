@@ -16,11 +16,18 @@ psycopg, httpx, supabase-py or onnxruntime never leak: they are chained as
     │   ├── AuthError               missing or insufficient privileges (RLS, JWT, grants)
     │   ├── NotFoundError           the RPC or the object does not exist
     │   ├── QueryTimeoutError       statement timeout (SQLSTATE 57014)
+    │   ├── IndexRebuildError       written, but the vector index was not rebuilt; has the results
     │   └── BackendUnavailableError connection refused, reset, timed out, 502/503/504
     └── LocalStackError             the embedded local stack cannot start, stop or migrate
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supa_vectors.models import UpsertResult
 
 __all__ = [
     "AuthError",
@@ -30,6 +37,7 @@ __all__ = [
     "DocumentError",
     "EmbeddingError",
     "FilterError",
+    "IndexRebuildError",
     "InvalidInputError",
     "LocalStackError",
     "ModelMismatchError",
@@ -94,6 +102,19 @@ class QueryTimeoutError(BackendError):
 
 class BackendUnavailableError(BackendError):
     """The backend could not be reached or is temporarily unable to answer."""
+
+
+class IndexRebuildError(BackendError):
+    """The documents were written, but rebuilding the vector index after a bulk load failed.
+
+    ``results`` says what the call wrote (or queued), as ``upsert`` would have returned it. The index
+    is rebuilt by the table owner's next write, ``supa-vectors local start``, or ``finish_bulk_load()``;
+    until then searches are exact, only slower.
+    """
+
+    def __init__(self, message: str, *, results: Sequence[UpsertResult], code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.results = list(results)
 
 
 class LocalStackError(SupaVectorsError):

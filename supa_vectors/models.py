@@ -149,3 +149,6 @@ class StoreStats(BaseModel):
     vector_index: bool
     last_updated_at: datetime | None = None
     settings: dict[str, Any]
+    # The bulk load holding the vector index dropped ({started_at, expected_rows, abandoned}), shown
+    # to the service role; ``abandoned`` means its loader is gone and the next owner write rebuilds.
+    bulk_load: dict[str, Any] | None = None

@@ -41,8 +41,11 @@ from supa_vectors.cache.outbox import FlushResult, PendingWrite
 from supa_vectors.config import async_transport_for, target_from_env, target_from_url, transport_for
 from supa_vectors.errors import (
     AuthError,
+    BackendError,
     ConfigurationError,
     EmbeddingError,
+    IndexRebuildError,
+    NotFoundError,
     SupaVectorsError,
 )
 from supa_vectors.filters import Filter, validate_filter
@@ -107,6 +110,38 @@ def _use_bulk_path(bulk: bool | None, count: int) -> bool:
     return bulk
 
 
+def _begin_params(count: int) -> dict[str, Any]:
+    return {"expected_rows": count}
+
+
+def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -> list[UpsertResult]:
+    """``finish_bulk_load`` failed after the documents were written (or queued): never hide them.
+
+    When the backend died, so did the loader's session, and the server's ``restore_vector_index``
+    rebuilds the index for whoever comes next (the owner's next write, ``supa-vectors local start``):
+    the call returns what it did, with a warning. Any other failure raises ``IndexRebuildError``,
+    which carries the same results.
+    """
+    if is_outage(exc):
+        logger.warning(
+            "supa-vectors: the documents are %s, but the vector index could not be rebuilt (%s); the "
+            "next write as the table owner or `supa-vectors local start` rebuilds it",
+            "queued" if any(r.status == "queued" for r in results) else "written",
+            exc,
+        )
+        return results
+    raise IndexRebuildError(
+        f"the documents were written, but rebuilding the vector index failed: {exc}",
+        results=results,
+        code=exc.code if isinstance(exc, BackendError) else None,
+    ) from exc
+
+
+def _cleanup_failed(exc: SupaVectorsError) -> None:
+    # The load itself failed; its error is the one the caller sees.
+    logger.warning("supa-vectors: rebuilding the vector index after a failed load failed too (%s)", exc)
+
+
 class _StoreState:
     """What both stores keep between calls: the embedder (created on first use), the settings, and the
     offline layer (cache, breaker, outbox, mirror)."""
@@ -125,6 +160,11 @@ class _StoreState:
     ) -> None:
         self._embedder = embedder
         self._embedder_checked = False
+        # Cleared when restore_vector_index cannot run for this connection (not the table owner).
+        self._restore_index = True
+        # Set when this store's own bulk load could not rebuild the index: its pooled session may live
+        # on (so the server cannot tell the load is over), and the next write finishes it.
+        self._unfinished_bulk_load = False
         self._settings: StoreSettings | None = None
         self._lock = threading.Lock()
         self._offline = OfflineLayer(
@@ -170,6 +210,26 @@ class _StoreState:
             _rpc.check_embedder(embedder, settings)
             self._embedder_checked = True
         return embedder
+
+    def _restore_rpc(self) -> str | None:
+        """The RPC that restores the vector index before a write, or None to skip it: not the table
+        owner, or a backend the breaker does not trust right now (the write's flow queues instead of
+        waiting out the connection timeout twice). Our own unfinished load is finished outright;
+        anyone else's only once its loader is gone."""
+        if not self._restore_index or self._offline.breaker.state != "closed":
+            return None
+        return "finish_bulk_load" if self._unfinished_bulk_load else "restore_vector_index"
+
+    def _restore_answered(self, rebuilt: Any, error: SupaVectorsError | None) -> None:
+        self._offline.breaker.record(error)
+        if error is None:
+            self._unfinished_bulk_load = False
+            if rebuilt:
+                logger.warning("supa-vectors: rebuilt the vector index an interrupted bulk load had dropped")
+        elif isinstance(error, AuthError | NotFoundError):
+            self._restore_index = False  # not the table owner, or a schema from before the RPC
+        elif not is_outage(error):  # an outage is left to the write's own flow (it may queue)
+            raise error
 
     def _check_given_embedder(self, settings: StoreSettings) -> None:
         # A caller-supplied embedder is checked before any write, even one that ends up embedding
@@ -386,7 +446,10 @@ class VectorStore(_StoreState):
         requests, each its own transaction: if one fails, the earlier ones stay written, and running
         the same call again finishes the job without re-embedding them. ``bulk=True`` (or ``None``
         with at least 10,000 documents) lets a direct Postgres connection as the table owner drop the
-        vector index for the load and rebuild it after, when the load is larger than the store.
+        vector index for the load and rebuild it after, when the load dwarfs what the store holds
+        (decision 0012). As the table owner, a write first rebuilds an index that an interrupted bulk
+        load left dropped. If only the rebuild at the end fails, the results are still returned (the
+        backend died: the next writer rebuilds) or carried by :class:`~supa_vectors.errors.IndexRebuildError`.
         """
         prepared = _rpc.prepare_documents(documents)
         if not prepared:
@@ -397,28 +460,53 @@ class VectorStore(_StoreState):
             _rpc.check_limits(prepared, settings)
             self._check_given_embedder(settings)
         flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
-        if not (
-            settings is not None
-            and _use_bulk_path(bulk, len(prepared))
-            and isinstance(self._transport, SupportsSessionUserRpc)
-            and not self._offline.has_pending()
-        ):
+        transport = self._transport
+        if settings is None or not isinstance(transport, SupportsSessionUserRpc):
+            return self._run(flow)
+        bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
+        if not bulk_path or self._unfinished_bulk_load:
+            self._restore_vector_index(transport)
+        if not bulk_path:
             return self._run(flow)
         try:
-            rebuild = bool(
-                self._transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": len(prepared)})
-            )
+            # begin_bulk_load restores an index an abandoned load left dropped, then decides.
+            rebuild = bool(transport.rpc_as_session_user("begin_bulk_load", _begin_params(len(prepared))))
         except AuthError:
             rebuild = False  # not the table owner: load through the index
         except SupaVectorsError as exc:
             if not is_outage(exc):
                 raise
             rebuild = False  # the flow meets the same outage and queues the documents
-        try:
+        if not rebuild:
             return self._run(flow)
-        finally:
-            if rebuild:
-                self._transport.rpc_as_session_user("finish_bulk_load", {})
+        try:
+            results = self._run(flow)
+        except BaseException:
+            try:
+                transport.rpc_as_session_user("finish_bulk_load", {})
+            except SupaVectorsError as exc:
+                self._unfinished_bulk_load = True
+                _cleanup_failed(exc)
+            raise
+        try:
+            transport.rpc_as_session_user("finish_bulk_load", {})
+        except SupaVectorsError as exc:
+            self._unfinished_bulk_load = True
+            return _after_rebuild_failure(exc, results)
+        return results
+
+    def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
+        """Before a write as the table owner: rebuild the index if a bulk load whose owner is gone
+        (or this store's own, whose rebuild failed) left it dropped; one catalog lookup otherwise."""
+        rpc = self._restore_rpc()
+        if rpc is None:
+            return
+        try:
+            rebuilt = transport.rpc_as_session_user(rpc, {})
+        except SupaVectorsError as exc:
+            self._restore_answered(None, exc)
+        else:
+            self._restore_answered(rebuilt, None)
 
     def add(
         self, documents: Iterable[DocumentInput] | DocumentInput, *, bulk: bool | None = None
@@ -752,28 +840,52 @@ class AsyncVectorStore(_StoreState):
             _rpc.check_limits(prepared, settings)
             self._check_given_embedder(settings)
         flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
-        if not (
-            settings is not None
-            and _use_bulk_path(bulk, len(prepared))
-            and isinstance(self._transport, _SupportsAsyncSessionUserRpc)
-            and not self._offline.has_pending()
-        ):
+        transport = self._transport
+        if settings is None or not isinstance(transport, _SupportsAsyncSessionUserRpc):
+            return await self._run(flow)
+        bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
+        if not bulk_path or self._unfinished_bulk_load:
+            await self._restore_vector_index(transport)
+        if not bulk_path:
             return await self._run(flow)
         try:
-            rebuild = bool(
-                await self._transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": len(prepared)})
-            )
+            began = await transport.rpc_as_session_user("begin_bulk_load", _begin_params(len(prepared)))
+            rebuild = bool(began)
         except AuthError:
             rebuild = False
         except SupaVectorsError as exc:
             if not is_outage(exc):
                 raise
             rebuild = False
-        try:
+        if not rebuild:
             return await self._run(flow)
-        finally:
-            if rebuild:
-                await self._transport.rpc_as_session_user("finish_bulk_load", {})
+        try:
+            results = await self._run(flow)
+        except BaseException:
+            try:
+                await transport.rpc_as_session_user("finish_bulk_load", {})
+            except SupaVectorsError as exc:
+                self._unfinished_bulk_load = True
+                _cleanup_failed(exc)
+            raise
+        try:
+            await transport.rpc_as_session_user("finish_bulk_load", {})
+        except SupaVectorsError as exc:
+            self._unfinished_bulk_load = True
+            return _after_rebuild_failure(exc, results)
+        return results
+
+    async def _restore_vector_index(self, transport: _SupportsAsyncSessionUserRpc) -> None:
+        """See :meth:`VectorStore._restore_vector_index`."""
+        rpc = self._restore_rpc()
+        if rpc is None:
+            return
+        try:
+            rebuilt = await transport.rpc_as_session_user(rpc, {})
+        except SupaVectorsError as exc:
+            self._restore_answered(None, exc)
+        else:
+            self._restore_answered(rebuilt, None)
 
     async def add(
         self, documents: Iterable[DocumentInput] | DocumentInput, *, bulk: bool | None = None

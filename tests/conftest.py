@@ -7,6 +7,7 @@ stack in a temporary directory and stops it at the end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -52,7 +53,7 @@ def empty_store(url: str) -> None:
     """Remove every document (as the owner, bypassing RLS) so each test starts from nothing."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("truncate public.documents restart identity cascade")
-        conn.execute("select supa_vectors_internal.create_vector_index()")
+        conn.execute("select public.finish_bulk_load()")  # the index back, no bulk load open
 
 
 @pytest.fixture
@@ -68,6 +69,21 @@ def conn(clean_url: str) -> Iterator[psycopg.Connection]:
         register_vector_info(connection, TypeInfo.fetch(connection, "extensions.vector"))
         yield connection
         connection.rollback()
+
+
+@contextlib.contextmanager
+def bulk_load_min_rows(url: str, rows: int) -> Iterator[None]:
+    """Let loads of ``rows`` or more drop the index (the store's setting, 1,000 by default)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "update public.metadata_global set value = to_jsonb(%s::int) where key = 'bulk_load_min_rows'",
+            [rows],
+        )
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("update public.metadata_global set value = '1000' where key = 'bulk_load_min_rows'")
 
 
 def act_as(conn: psycopg.Connection, identity: Identity) -> None:

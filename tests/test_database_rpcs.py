@@ -545,10 +545,10 @@ def test_anon_cannot_call_any_rpc(conn: psycopg.Connection) -> None:
 
 def test_bulk_load_needs_the_table_owner(conn: psycopg.Connection) -> None:
     act_as(conn, Identity.service())
-    error = sqlstate_of(conn, "begin_bulk_load", expected_rows=100)
+    error = sqlstate_of(conn, "begin_bulk_load", expected_rows=1000)
     assert error.diag.sqlstate == "42501"
     conn.execute("reset role")
-    assert conn.execute("select public.begin_bulk_load(100)").fetchone() == (True,)
+    assert conn.execute("select public.begin_bulk_load(1000)").fetchone() == (True,)
     assert conn.execute("select to_regclass('public.embeddings_embedding_hnsw_idx')").fetchone() == (None,)
     assert conn.execute("select public.finish_bulk_load()").fetchone() == (True,)
     assert conn.execute("select public.finish_bulk_load()").fetchone() == (False,)

@@ -168,8 +168,8 @@ def test_privileges_map_to_auth_error(clean_url: str) -> None:
 
 def test_session_user_calls_skip_the_identity_switch(transport: PostgresTransport) -> None:
     with pytest.raises(AuthError):  # the service role is not the table owner
-        transport.rpc("begin_bulk_load", {"expected_rows": 10})
-    assert transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": 10}) is True
+        transport.rpc("begin_bulk_load", {"expected_rows": 1000})
+    assert transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": 1000}) is True
     assert transport.rpc("store_stats", {})["vector_index"] is False
     assert transport.rpc_as_session_user("finish_bulk_load", {}) is True
     assert transport.rpc("store_stats", {})["vector_index"] is True

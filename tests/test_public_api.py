@@ -30,6 +30,7 @@ EXPECTED_ALL = [
     "FlushResult",
     "HybridSearchResult",
     "Identity",
+    "IndexRebuildError",
     "InvalidInputError",
     "LocalStackError",
     "ModelMismatchError",

@@ -22,6 +22,7 @@ import pytest
 
 from supa_vectors import (
     AsyncVectorStore,
+    BackendError,
     BackendUnavailableError,
     ConfigurationError,
     Document,
@@ -30,6 +31,7 @@ from supa_vectors import (
     FilterError,
     HybridSearchResult,
     Identity,
+    IndexRebuildError,
     InvalidInputError,
     ModelMismatchError,
     SearchResult,
@@ -41,7 +43,7 @@ from supa_vectors import (
 )
 from supa_vectors._cli_search import add_search_parser, search_command
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
-from tests.conftest import DIM, MODEL, USER_A, USER_B, FakeEmbedder
+from tests.conftest import DIM, MODEL, USER_A, USER_B, FakeEmbedder, bulk_load_min_rows
 
 
 class AsyncAdapter:
@@ -525,7 +527,7 @@ def test_users_see_their_own_and_shared_documents_only(make_store: MakeStore) ->
 
 
 def test_bulk_load_drops_and_rebuilds_the_index_as_owner(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, clean_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     transport: Any = store.transport
@@ -542,13 +544,66 @@ def test_bulk_load_drops_and_rebuilds_the_index_as_owner(
             return original(name, params)
 
     monkeypatch.setattr(transport, "rpc_as_session_user", recording)
-    assert {r.status for r in store.add(DOCS, bulk=True)} == {"inserted"}
+    with bulk_load_min_rows(clean_url, len(DOCS)):
+        assert {r.status for r in store.add(DOCS, bulk=True)} == {"inserted"}
     assert calls == ["begin_bulk_load", "finish_bulk_load"]
     assert store.stats().vector_index is True
     assert store.search("cats purr", k=1)[0].id == "cat"
     store.add([{"id": "more", "content": "more"}], bulk=False)
     store.add([{"id": "more2", "content": "more"}])  # bulk=None: small loads skip the bulk path
-    assert calls == ["begin_bulk_load", "finish_bulk_load"]
+    # ... and only check that no abandoned load left the index dropped.
+    assert calls == ["begin_bulk_load", "finish_bulk_load", "restore_vector_index", "restore_vector_index"]
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, store: Store, rpc: str, fault: Exception) -> None:
+    """Fault injection: the next session-user call of ``rpc`` raises ``fault`` instead of running."""
+    transport: Any = store.transport
+    original = transport.rpc_as_session_user
+    pending = [rpc]
+
+    def check(name: str) -> None:
+        if name in pending:
+            pending.remove(name)
+            raise fault
+
+    if asyncio.iscoroutinefunction(original):
+
+        async def faulty(name: str, params: Mapping[str, Any]) -> Any:
+            check(name)
+            return await original(name, params)
+    else:
+
+        def faulty(name: str, params: Mapping[str, Any]) -> Any:  # type: ignore[misc]
+            check(name)
+            return original(name, params)
+
+    monkeypatch.setattr(transport, "rpc_as_session_user", faulty)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [BackendUnavailableError("the server went away"), BackendError("could not extend file", code="53100")],
+    ids=["outage", "error"],
+)
+def test_a_failed_rebuild_never_hides_what_the_load_wrote(
+    store: Store, clean_url: str, monkeypatch: pytest.MonkeyPatch, fault: Exception
+) -> None:
+    fail_once(monkeypatch, store, "finish_bulk_load", fault)
+    with bulk_load_min_rows(clean_url, len(DOCS)):
+        if isinstance(fault, BackendUnavailableError):
+            results = store.add(DOCS, bulk=True)  # the backend died: the results, and a warning
+        else:
+            with pytest.raises(IndexRebuildError) as caught:
+                store.add(DOCS, bulk=True)
+            assert caught.value.code == "53100"
+            results = caught.value.results
+    assert statuses(results) == {d["id"]: "inserted" for d in DOCS}
+    assert store.stats().vector_index is False
+    # This store's loader session lives on in its pool: its next write finishes the load itself.
+    store.add([{"id": "next", "content": "the next write"}])
+    stats = store.stats()
+    assert stats.vector_index is True
+    assert stats.bulk_load is None
 
 
 def test_bulk_load_as_a_user_falls_back_to_a_normal_load(make_store: MakeStore) -> None:

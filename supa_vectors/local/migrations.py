@@ -14,6 +14,7 @@ Rollbacks are our addition: ``supabase/rollbacks/<same file name>`` undoes the m
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,7 @@ __all__ = [
     "find_supabase_cli",
     "list_local_migrations",
     "parse_migration",
+    "restore_vector_index",
     "rollback_last",
     "split_statements",
 ]
@@ -445,6 +447,26 @@ def applied_versions(url: str) -> list[str]:
             return _remote_versions(conn)
     except psycopg.Error as exc:
         raise LocalStackError(f"cannot read the applied migrations: {_one_line(exc)}") from exc
+
+
+def restore_vector_index(url: str) -> bool:
+    """Rebuild the vector index if a bulk load left it dropped and its loader is gone (after a
+    restart, every loader is): the database's ``restore_vector_index()``, as the table owner.
+
+    Returns whether it rebuilt; False too on a schema without the function (other migrations).
+    """
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            found = conn.execute("select to_regprocedure('public.restore_vector_index()')").fetchone()
+            row = found and found[0] and conn.execute("select public.restore_vector_index()").fetchone()
+    except psycopg.Error as exc:
+        raise LocalStackError(f"cannot rebuild the vector index: {_one_line(exc)}") from exc
+    rebuilt = bool(row and row[0])
+    if rebuilt:
+        logging.getLogger("supa_vectors").warning(
+            "supa-vectors: rebuilt the vector index that an interrupted bulk load had dropped"
+        )
+    return rebuilt
 
 
 def _pending(local: list[Migration], remote: list[str], migrations_dir: Path) -> list[Migration]:

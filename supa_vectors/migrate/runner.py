@@ -51,13 +51,21 @@ from supa_vectors.errors import (
     DocumentError,
     EmbeddingError,
     InvalidInputError,
+    NotFoundError,
     QueryTimeoutError,
     SupaVectorsError,
 )
 from supa_vectors.migrate.backup import Backup, checksums, create_backup
 from supa_vectors.migrate.checkpoint import Checkpoint, Cursor, StoredProblem
 from supa_vectors.migrate.progress import NullProgress, Progress
-from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, RawRecord, SourceFile, discover, read_records
+from supa_vectors.migrate.readers import (
+    DEFAULT_RECORDS_KEYS,
+    RawRecord,
+    ReadProblem,
+    SourceFile,
+    discover,
+    read_records,
+)
 from supa_vectors.migrate.report import (
     MAX_PROBLEMS_IN_MEMORY,
     Counts,
@@ -95,8 +103,9 @@ DEFAULT_BATCH_SIZE = 256
 # The first batch is small so the writer starts while the embedder works on the second.
 _FIRST_BATCH = 32
 # Loading into an HNSW index costs ~1.4 ms a row; building it over the loaded rows is ~7x cheaper. A
-# migration is a bulk job, so it drops the index sooner than an app's upsert does (10,000 rows); the
-# server still keeps the index when the store already holds more rows than the load brings.
+# migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
+# the server still keeps the index unless the load dwarfs what the store holds (decision 0012). The
+# count is of records in the source, never bytes: one oversize file is one record.
 BULK_LOAD_MIN_ROWS = 1_000
 _CHECKPOINT = "checkpoint.sqlite3"
 _FILE_PROBLEM = -1  # position of a problem with a whole file
@@ -518,52 +527,77 @@ def _read(
     Yields ``(file index, bytes of it read)`` markers between records so batches know how far the
     source is settled. Files wholly before the resume cursor are not even opened.
     """
+    for item in _after_cursor(files, options.records_keys, rules.fields.content, cursor):
+        file = item.file
+        if not isinstance(item, RawRecord):
+            issue = Issue("error", item.code, item.reason)
+            if item.fatal:
+                checkpoint.add_problem(file.index, _FILE_PROBLEM, item.line, None, issue)
+                checkpoint.note_fatal(file.index, item.reason)
+            else:
+                checkpoint.add_problem(file.index, item.position, item.line, None, issue)
+                checkpoint.note_record(file.index, item.position)
+            continue
+        checked = validate(item, rules)
+        first_time = checkpoint.note_record(
+            file.index, item.position, {"unknown_model_embeddings": int(checked.unknown_model_vector)}
+        )
+        if first_time:
+            ignored.update(checked.ignored_fields)
+        for issue in checked.issues:
+            checkpoint.add_problem(file.index, item.position, item.line, checked.id, issue)
+        record = checked.record
+        if record is None:
+            continue
+        first = checkpoint.claim(record.id, file.index, item.position)
+        if first is not None:
+            where = files[first[0]].display
+            checkpoint.add_problem(
+                file.index,
+                item.position,
+                item.line,
+                record.id,
+                Issue(
+                    "error",
+                    "duplicate_id",
+                    f"the id {record.id!r} already appeared in {where} (record {first[1]}); "
+                    "the first one was migrated",
+                ),
+            )
+            continue
+        yield record
+        yield (file.index, item.end_offset)
+
+
+def _count_records(files: Sequence[SourceFile], options: MigrationOptions, cursor: Cursor | None) -> int:
+    """Records the source still holds after ``cursor``: what a bulk load is sized by.
+
+    One parsing pass without validation. Bytes per record would be cheaper, but they are not a count:
+    three small records beside one oversize file estimated 13,983 and dropped the index.
+    """
+    items = _after_cursor(files, options.records_keys, options.fields.content, cursor)
+    return sum(1 for item in items if isinstance(item, RawRecord))
+
+
+def _after_cursor(
+    files: Sequence[SourceFile],
+    records_keys: Sequence[str],
+    content_fields: Sequence[str],
+    cursor: Cursor | None,
+) -> Iterator[RawRecord | ReadProblem]:
+    """What the files hold past ``cursor``; files wholly before it are not even opened."""
     for file in files:
         if cursor is not None and file.index < cursor.file_index:
             continue
-        for item in read_records(
-            file, records_keys=options.records_keys, content_fields=rules.fields.content
-        ):
-            if not isinstance(item, RawRecord):
-                issue = Issue("error", item.code, item.reason)
-                if item.fatal:
-                    checkpoint.add_problem(file.index, _FILE_PROBLEM, item.line, None, issue)
-                    checkpoint.note_fatal(file.index, item.reason)
-                else:
-                    checkpoint.add_problem(file.index, item.position, item.line, None, issue)
-                    checkpoint.note_record(file.index, item.position)
+        for item in read_records(file, records_keys=records_keys, content_fields=content_fields):
+            if (
+                isinstance(item, RawRecord)
+                and cursor is not None
+                and file.index == cursor.file_index
+                and item.position <= cursor.position
+            ):
                 continue
-            if cursor is not None and file.index == cursor.file_index and item.position <= cursor.position:
-                continue
-            checked = validate(item, rules)
-            first_time = checkpoint.note_record(
-                file.index, item.position, {"unknown_model_embeddings": int(checked.unknown_model_vector)}
-            )
-            if first_time:
-                ignored.update(checked.ignored_fields)
-            for issue in checked.issues:
-                checkpoint.add_problem(file.index, item.position, item.line, checked.id, issue)
-            record = checked.record
-            if record is None:
-                continue
-            first = checkpoint.claim(record.id, file.index, item.position)
-            if first is not None:
-                where = files[first[0]].display
-                checkpoint.add_problem(
-                    file.index,
-                    item.position,
-                    item.line,
-                    record.id,
-                    Issue(
-                        "error",
-                        "duplicate_id",
-                        f"the id {record.id!r} already appeared in {where} (record {first[1]}); "
-                        "the first one was migrated",
-                    ),
-                )
-                continue
-            yield record
-            yield (file.index, item.end_offset)
+            yield item
 
 
 # --------------------------------------------------------------------------------------------------
@@ -870,39 +904,46 @@ class _Run:
         )
         return report.model_copy(update={"counts": counts})
 
-    def _maybe_begin_bulk_load(self, expected: int) -> None:
-        wanted = self.options.bulk_load
-        if wanted is None:
-            wanted = expected >= BULK_LOAD_MIN_ROWS
+    def _maybe_begin_bulk_load(self, files: Sequence[SourceFile], cursor: Cursor | None) -> None:
+        """Before the first write: ask for a bulk load when the records to come are many, else only
+        restore an index that an interrupted load (this run's last attempt, say) left dropped."""
         transport = self.store.transport
-        if not wanted or not isinstance(transport, SupportsSessionUserRpc):
+        if not isinstance(transport, SupportsSessionUserRpc):
             return
+        expected = 0 if self.options.bulk_load is False else _count_records(files, self.options, cursor)
+        wanted = expected >= BULK_LOAD_MIN_ROWS if self.options.bulk_load is None else self.options.bulk_load
         try:
-            self.bulk_loading = bool(
-                transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": expected})
-            )
-        except AuthError:
+            if wanted:
+                # begin_bulk_load restores an abandoned load's index first, then decides.
+                began = transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": expected})
+                self.bulk_loading = bool(began)
+            else:
+                self._restore_vector_index(transport)
+        except (AuthError, NotFoundError):
             self.bulk_loading = False  # not the table owner: load through the index
+        except SupaVectorsError as exc:
+            if wanted:
+                raise
+            # Only the restore failed: the batches' own calls report (and retry) an outage.
+            self.progress.note(f"could not check the vector index ({exc})")
         if self.bulk_loading:
-            self.progress.note(
-                f"bulk load: about {expected:,} documents, the vector index is rebuilt at the end"
-            )
+            self.progress.note(f"bulk load: {expected:,} records, the vector index is rebuilt at the end")
+
+    def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
+        if transport.rpc_as_session_user("restore_vector_index", {}):
+            self.progress.note("rebuilt the vector index that an interrupted bulk load had dropped")
 
     def _finish_bulk_load(self) -> None:
         transport = self.store.transport
         if self.dry_run or not isinstance(transport, SupportsSessionUserRpc):
             return
-        if not self.bulk_loading:
-            # A previous attempt of this run may have been killed with the index dropped.
-            try:
-                stats = transport.rpc("store_stats", {})
-            except SupaVectorsError:
-                return
-            if not isinstance(stats, dict) or stats.get("vector_index", True):
-                return
         try:
-            self.progress.note("rebuilding the vector index")
-            transport.rpc_as_session_user("finish_bulk_load", {})
+            if self.bulk_loading:
+                self.progress.note("rebuilding the vector index")
+                transport.rpc_as_session_user("finish_bulk_load", {})
+            else:
+                # A previous attempt of this run may have been killed with the index dropped.
+                self._restore_vector_index(transport)
         except SupaVectorsError as exc:
             self.progress.note(
                 f"could not rebuild the vector index ({exc}); run the migration again to retry"
@@ -945,19 +986,13 @@ class _Run:
         files: Sequence[SourceFile],
     ) -> int:
         if seq == 0 and not self.dry_run:
-            self._maybe_begin_bulk_load(self._estimate(batch, starts, files))
+            self._maybe_begin_bulk_load(files, self.checkpoint.cursor())
         last = batch[-1]
         bytes_done = starts[position[0]] + min(position[1], files[position[0]].size)
         pipeline.submit(
             _Batch(seq=seq + 1, records=batch, cursor=(last.file_index, last.position), bytes_done=bytes_done)
         )
         return seq + 1
-
-    @staticmethod
-    def _estimate(batch: list[ValidRecord], starts: list[int], files: Sequence[SourceFile]) -> int:
-        """Rows the whole source will give, from the bytes per record seen so far."""
-        per_record = max(1, sum(r.json_bytes for r in batch) // len(batch))
-        return max(len(batch), starts[-1] // per_record)
 
     # -- report --------------------------------------------------------------------------------
 

@@ -33,7 +33,14 @@ __all__ = [
 
 # RPCs that return one value rather than a set of rows.
 SCALAR_RPCS = frozenset(
-    {"count_documents", "store_stats", "store_settings", "begin_bulk_load", "finish_bulk_load"}
+    {
+        "count_documents",
+        "store_stats",
+        "store_settings",
+        "begin_bulk_load",
+        "finish_bulk_load",
+        "restore_vector_index",
+    }
 )
 
 
