@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
+from supa_vectors._text import MAX_JSON_DEPTH, json_problem, text_problem
 from supa_vectors.errors import FilterError
 
 __all__ = [
@@ -74,28 +75,33 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-def _to_json(value: Any, where: str) -> Any:
-    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, odd types)."""
-    if value is None or isinstance(value, bool | int):
+def _to_json(value: Any, where: str, depth: int = 0) -> Any:
+    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, lone surrogates,
+    integers too long to send, nesting Python's JSON encoder gives up on, odd types)."""
+    if depth > MAX_JSON_DEPTH:
+        raise FilterError(f"invalid filter: {where} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | str):
+        problem = json_problem(value, where)
+        if problem:
+            raise FilterError(f"invalid filter: {problem}")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise FilterError(f"invalid filter: {where} is {value}; JSON numbers are finite")
         return value
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise FilterError(f"invalid filter: {where} contains a NUL character, which jsonb cannot store")
-        return value
     if isinstance(value, list | tuple):
-        return [_to_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_to_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise FilterError(f"invalid filter: key {key!r} in {where} is not a string")
-            if "\x00" in key:
-                raise FilterError(f"invalid filter: a key in {where} contains a NUL character")
-            out[key] = _to_json(item, f"{where}.{key}")
+            problem = text_problem(key, f"a key in {where}", store="jsonb")
+            if problem:
+                raise FilterError(f"invalid filter: {problem}")
+            out[key] = _to_json(item, f"{where}.{key}", depth + 1)
         return out
     raise FilterError(f"invalid filter: {where} is a {type(value).__name__}, which is not JSON")
 
