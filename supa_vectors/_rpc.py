@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from supa_vectors._text import json_problem, text_problem
+from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
     DocumentError,
@@ -241,8 +241,10 @@ def _as_document(item: Any, index: int) -> Document:
     try:
         return Document.model_validate(item)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in exc.errors()
+        problems = printable(  # a misspelt key may hold a lone surrogate; the message must stay writable
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in exc.errors()
+            )
         )
         raise DocumentError(
             f"document {index}: {problems}",

@@ -80,8 +80,15 @@ def text_problem(text: str, where: str, *, store: str = "Postgres text") -> str 
 
 
 def printable(text: str) -> str:
-    """``text`` with what UTF-8 cannot encode written as ``\\udcff`` escapes: for messages and reports."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` with what UTF-8 cannot encode written as escapes, for messages, reports and file keys.
+
+    Bytes that were not UTF-8 (a file name, ``surrogateescape``) show as themselves (``\\xe9``), other
+    lone surrogates as ``\\ud800``; text without either comes back unchanged.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _int_problem(value: int, where: str) -> str | None:
