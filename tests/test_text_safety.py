@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from supabase import Client, ClientOptions
 
-from supa_vectors import VectorStore, _cli_migrate, _cli_search, cli
+from supa_vectors import AsyncVectorStore, VectorStore, _cli_migrate, _cli_search, cli
 from supa_vectors._rpc import StoreSettings, prepare_documents
 from supa_vectors.cache.keys import Scope
 from supa_vectors.errors import DocumentError, InvalidInputError, SupaVectorsError
@@ -226,6 +226,15 @@ def test_a_surrogate_is_refused_before_any_round_trip(store: VectorStore) -> Non
     with pytest.raises(InvalidInputError, match="lone surrogates"):
         store.get(["\ud800"])
     assert store.count() == 1
+
+
+async def test_the_async_store_refuses_the_same_text(text_db: str, tmp_path: Path) -> None:
+    async with AsyncVectorStore.from_url(text_db, embedder=FakeEmbedder(), cache_dir=tmp_path) as store:
+        with pytest.raises(InvalidInputError, match="lone surrogate"):
+            await store.hybrid_search("caf\udce9")
+        with pytest.raises(DocumentError, match="a key in metadata") as caught:
+            await store.upsert({"id": "a", "content": "fine", "metadata": {"\ud800": 1}})
+        assert (caught.value.index, caught.value.document_id) == (0, "a")
 
 
 @settings(max_examples=150, deadline=None)
