@@ -11,7 +11,7 @@ input enters with the field that holds them (:func:`text_problem`, :func:`json_p
 their own typed error (``DocumentError``, ``FilterError``, ``InvalidInputError``) or reject the record.
 
 :func:`printable` is the inverse concern: a file name or a rejected id that holds such text still has to
-appear in messages and reports, so it is shown with ``\\udcff``-style escapes.
+appear in messages and reports, so it is shown with escapes (``\\xe9`` for a byte, ``\\ud800`` otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "HugeInteger",
     "json_problem",
+    "parse_int",
     "printable",
     "text_problem",
     "unencodable_at",
@@ -126,13 +127,13 @@ def json_problem(value: Any, where: str, *, max_depth: int = MAX_JSON_DEPTH, dep
             if isinstance(value, Mapping):
                 if not isinstance(key, str):
                     return f"{where} has the key {key!r}; JSON keys are strings"
-                problem = text_problem(key, f"a key in {printable(where)}", store="jsonb")
+                problem = text_problem(key, f"a key in {where}", store="jsonb")
                 if problem:
                     return problem
                 sub = f"{where}.{key}"
             else:
                 sub = f"{where}{key}"
-            problem = json_problem(item, printable(sub), max_depth=max_depth, depth=depth + 1)
+            problem = json_problem(item, sub, max_depth=max_depth, depth=depth + 1)  # key checked above
             if problem:
                 return problem
         return None

@@ -212,8 +212,8 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         problems.append(
             ("empty_content", f"{content_name} is empty" + (" (only whitespace)" if content else ""))
         )
-    elif problem := text_problem(content, f"{content_name}"):
-        problems.append(("nul_character" if "NUL" in problem else "unencodable_text", problem))
+    elif problem := text_problem(content, str(content_name)):
+        problems.append(("nul_character" if "\x00" in content else "unencodable_text", problem))
     content_ok = isinstance(content, str) and not problems
     content_bytes = len(content.encode("utf-8")) if content_ok else 0
     if content_ok and content_bytes > rules.settings.max_content_bytes:
@@ -234,9 +234,10 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         problems.append(("invalid_id", f"{id_name} must be a string, got {_describe(raw_id)}"))
     elif not 1 <= len(raw_id) <= MAX_ID_LENGTH:
         problems.append(("invalid_id", f"{id_name} must have 1 to {MAX_ID_LENGTH} characters"))
-    elif problem := text_problem(raw_id, f"{id_name}"):
+    elif problem := text_problem(raw_id, str(id_name)):
         problems.append(("invalid_id", problem))
-        doc_id = printable(raw_id)  # the report names the record; it must be writable
+        if "\x00" not in raw_id:
+            doc_id = printable(raw_id)  # the report names the record: escaped, so it can be written
     else:
         doc_id = raw_id
 
