@@ -54,7 +54,7 @@ def _parse_filter(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, an over-long integer, absurd nesting
         raise FilterError(f"invalid filter: --filter is not JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise FilterError("invalid filter: --filter must be a JSON object")

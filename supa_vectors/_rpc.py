@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
     DocumentError,
@@ -228,33 +229,6 @@ class PreparedDocument:
         return {"external_id": self.id, "content": self.content, "metadata": self.metadata}
 
 
-def _json_problem(value: Any, where: str) -> str | None:
-    """Why ``value`` cannot be stored as jsonb, or None. Walks the value; jsonb refuses NUL and NaN."""
-    if value is None or isinstance(value, bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{where} is {value}, which JSON cannot hold"
-    if isinstance(value, str):
-        return f"{where} contains a NUL character, which jsonb cannot store" if "\x00" in value else None
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            problem = _json_problem(item, f"{where}[{i}]")
-            if problem:
-                return problem
-        return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{where} has the key {key!r}; JSON keys are strings"
-            if "\x00" in key:
-                return f"a key in {where} contains a NUL character, which jsonb cannot store"
-            problem = _json_problem(item, f"{where}.{key}")
-            if problem:
-                return problem
-        return None
-    return f"{where} holds a {type(value).__name__}, which is not JSON"
-
-
 def _as_document(item: Any, index: int) -> Document:
     if isinstance(item, Document):
         return item
@@ -269,8 +243,10 @@ def _as_document(item: Any, index: int) -> Document:
     try:
         return Document.model_validate(item)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in exc.errors()
+        problems = printable(  # a misspelt key may hold a lone surrogate; the message must stay writable
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in exc.errors()
+            )
         )
         raise DocumentError(
             f"document {index}: {problems}",
@@ -295,18 +271,19 @@ def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> lis
             label = f"document {index}" + (f" (id {doc_id!r})" if doc_id is not None else "")
             return DocumentError(f"{label}: {problem}", index=index, document_id=doc_id)
 
+        # Text first: the content hash, the request and the report all need it encodable.
+        if doc.id is not None and (problem := text_problem(doc.id, "id")):
+            raise fail(problem)
         content = doc.content
         if not content.strip():
             raise fail("content is empty")
-        if "\x00" in content:
-            raise fail("content contains a NUL character (\\u0000), which Postgres text cannot store")
+        if problem := text_problem(content, "content"):
+            raise fail(problem)
         digest = content_hash(content)
         doc_id = doc.id if doc.id is not None else digest
         if not 1 <= len(doc_id) <= MAX_ID_LENGTH:
             raise fail(f"id must have 1 to {MAX_ID_LENGTH} characters")
-        if "\x00" in doc_id:
-            raise fail("id contains a NUL character", doc_id=None)
-        problem = _json_problem(doc.metadata, "metadata")
+        problem = json_problem(doc.metadata, "metadata")
         if problem:
             raise fail(problem, doc_id=doc_id)
         if doc_id in seen:
@@ -502,8 +479,10 @@ def check_ids(ids: Iterable[str] | str) -> list[str]:
         ids = [ids]
     out = list(ids)
     for i, value in enumerate(out):
-        if not isinstance(value, str) or not value or "\x00" in value:
-            raise InvalidInputError(f"ids[{i}] must be a non-empty string without NUL, got {value!r}")
+        if not isinstance(value, str) or not value or text_problem(value, "id"):
+            raise InvalidInputError(
+                f"ids[{i}] must be a non-empty string without NUL or lone surrogates, got {value!r}"
+            )
     return out
 
 
@@ -541,8 +520,8 @@ def check_query_text(query: Any) -> str:
         raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
     if not query.strip():
         raise InvalidInputError("query must not be empty")
-    if "\x00" in query:
-        raise InvalidInputError("query contains a NUL character")
+    if problem := text_problem(query, "query"):
+        raise InvalidInputError(problem)
     return query
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from supa_vectors import __version__
 from supa_vectors._cli_migrate import add_migrate_parser
 from supa_vectors._cli_search import add_search_parser
+from supa_vectors._text import printable, unencodable_at
 from supa_vectors.errors import LocalStackError, SupaVectorsError
 from supa_vectors.local import LocalStack
 
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape), which no query, filter,
+        # name or path the SDK stores or prints can carry: a usage error, before anything runs.
+        if unencodable_at(arg) is not None:
+            parser.error(f"argument '{printable(arg)}' is not valid UTF-8; pass text (and paths) as UTF-8")
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:

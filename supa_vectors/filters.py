@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeAlias
 
+from supa_vectors._text import text_problem
 from supa_vectors.errors import FilterError
 
 __all__ = [
@@ -131,8 +132,8 @@ _Place: TypeAlias = tuple[str, "_Place | None"]
 
 
 def _to_json(value: Any) -> tuple[Any, _Size]:
-    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, odd types), and
-    measure it as the server will.
+    """Copy ``value`` into JSON data, refusing what JSON or jsonb cannot hold (NaN, NUL, lone
+    surrogates, huge integers, odd types), and measure it as the server will.
 
     Iterative (an explicit stack, children in document order), so no nesting exhausts Python's stack
     and the first problem reported is the first in the document. A value's place ("filter.a[2]") is
@@ -148,8 +149,6 @@ def _to_json(value: Any) -> tuple[Any, _Size]:
             assert place[1] is not None
             if not isinstance(slot, str):
                 raise FilterError(f"invalid filter: key {slot!r} in {_spell(place[1])} is not a string")
-            if "\x00" in slot:
-                raise FilterError(f"invalid filter: a key in {_spell(place[1])} contains a NUL character")
             size.bytes += _string_bytes(slot, place[1], key=True) + 2  # ": "
         size.values += 1
         size.depth = max(size.depth, level)
@@ -185,14 +184,11 @@ def _spell(place: _Place) -> str:
 
 def _string_bytes(text: str, place: _Place, *, key: bool = False) -> int:
     """Bytes of ``text`` as jsonb prints it: quoted, escaped like json.dumps(ensure_ascii=False), UTF-8."""
-    try:
-        if "\x00" not in text:
-            return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
-        problem = "a NUL character, which jsonb cannot store"
-    except UnicodeEncodeError:
-        problem = "a lone surrogate, which is not Unicode text"
     where = f"a key in {_spell(place)}" if key else _spell(place)
-    raise FilterError(f"invalid filter: {where} contains {problem}")
+    problem = text_problem(text, where, store="jsonb")
+    if problem:
+        raise FilterError(f"invalid filter: {problem}")
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
 def _scalar_bytes(value: Any, place: _Place) -> int:

@@ -40,8 +40,12 @@ def canonical_json(value: Any) -> str:
 
 
 def digest(*parts: str) -> str:
-    """sha256 over the parts, NUL-separated (no part contains NUL: query text and ids refuse it)."""
-    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+    """sha256 over the parts, NUL-separated (no part contains NUL: query text and ids refuse it).
+
+    The one place a key's text becomes bytes: ``surrogatepass`` keeps a lone surrogate (refused as input
+    upstream, but a key must never raise) distinct from every other text instead of failing.
+    """
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _url_label(url: str) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from supa_vectors._text import parse_int, printable
 from supa_vectors.errors import InvalidInputError
 
 __all__ = [
@@ -114,7 +115,9 @@ def discover(paths: Sequence[str | os.PathLike[str]]) -> list[SourceFile]:
                 continue
             seen.add(resolved)
             display = str(full) if root.is_dir() else str(root)
-            found.append((full, key, display))
+            # A file name that is not UTF-8 is still read; its key (in derived ids and checkpoints) and
+            # its name in the report and the store show the undecodable bytes as escapes.
+            found.append((full, printable(key), printable(display)))
     return [
         SourceFile(index=i, path=path, key=key, display=display, size=path.stat().st_size)
         for i, (path, key, display) in enumerate(found)
@@ -145,7 +148,7 @@ def read_records(
 def _read_jsonl(file: SourceFile) -> Iterator[RawRecord | ReadProblem]:
     position = 0
     offset = 0
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=parse_int)
     try:
         handle = file.path.open("rb")
     except OSError as exc:
@@ -182,6 +185,12 @@ def _read_jsonl(file: SourceFile) -> Iterator[RawRecord | ReadProblem]:
                 )
                 position += 1
                 continue
+            except RecursionError:
+                yield ReadProblem(
+                    file, position, number, _TOO_DEEP.format(f"line {number}"), False, "too_deep", offset
+                )
+                position += 1
+                continue
             yield RawRecord(file, position, number, value, offset)
             position += 1
     if position == 0:
@@ -194,6 +203,13 @@ def _read_jsonl(file: SourceFile) -> Iterator[RawRecord | ReadProblem]:
 
 class _Truncated(Exception):
     """The file ended inside a value."""
+
+
+class _TooDeep(Exception):
+    """A value nested deeper than Python's JSON parser goes; it was skipped."""
+
+
+_TOO_DEEP = "{} is nested too deeply (about 1,000 levels) for the JSON parser; flatten it"
 
 
 class _Syntax(Exception):
@@ -216,7 +232,7 @@ class _JsonReader:
         self.file = file
         self.records_keys = records_keys
         self.content_fields = content_fields
-        self.decoder = json.JSONDecoder()
+        self.decoder = json.JSONDecoder(parse_int=parse_int)
         self.utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self.handle: IO[bytes] | None = None
         self.buf = ""
@@ -277,6 +293,9 @@ class _JsonReader:
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                self._skip_value()
+                raise _TooDeep() from None
             except json.JSONDecodeError as exc:
                 if self.eof:
                     if exc.pos >= len(self.buf) - 1 or exc.msg.startswith("Unterminated"):
@@ -293,6 +312,28 @@ class _JsonReader:
                 continue
             self.pos = end
             return value
+
+    def _skip_value(self) -> None:
+        """Move past the array or object at pos without decoding it (brackets outside strings)."""
+        depth, in_string, escaped = 0, False, False
+        while True:
+            while self.pos >= len(self.buf):
+                if not self._fill():
+                    raise _Truncated()
+            char = self.buf[self.pos]
+            self.pos += 1
+            if escaped:
+                escaped = False
+            elif in_string:
+                escaped, in_string = char == "\\", char != '"'
+            elif char == '"':
+                in_string = True
+            elif char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth -= 1
+                if depth == 0:
+                    return
 
     def _offset(self) -> int:
         """Approximate bytes consumed so far (exact for ASCII), for progress only."""
@@ -313,6 +354,8 @@ class _JsonReader:
             yield self._problem(
                 f"the file is not valid UTF-8 (at byte {exc.start}); re-encode it as UTF-8", "not_utf8"
             )
+        except _TooDeep:
+            yield self._problem(_TOO_DEEP.format(f"the value at line {self._line()}"), "too_deep")
         except _Truncated:
             yield self._problem(
                 f"the file ends in the middle of record {self.position} (truncated JSON)", "truncated"
@@ -349,8 +392,11 @@ class _JsonReader:
             return
         while True:
             line = self._line()
-            value = self._value()
-            yield RawRecord(self.file, self.position, line, value, self._offset())
+            try:
+                yield RawRecord(self.file, self.position, line, self._value(), self._offset())
+            except _TooDeep:
+                reason = _TOO_DEEP.format(f"record {self.position} (line {line})")
+                yield ReadProblem(self.file, self.position, line, reason, False, "too_deep", self._offset())
             self.position += 1
             separator = self._peek()
             if separator == ",":

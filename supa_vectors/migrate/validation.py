@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors._rpc import MAX_ID_LENGTH, StoreSettings
+from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import InvalidInputError
 from supa_vectors.migrate.readers import RawRecord
 
@@ -58,8 +58,12 @@ class FieldMap:
             names = getattr(self, name)
             if isinstance(names, str):
                 object.__setattr__(self, name, (names,))
-            elif not getattr(self, name) or not all(isinstance(n, str) and n for n in getattr(self, name)):
-                raise InvalidInputError(f"field names for {name} must be non-empty strings, got {names!r}")
+            elif not getattr(self, name) or not all(
+                isinstance(n, str) and n and not text_problem(n, "") for n in getattr(self, name)
+            ):
+                raise InvalidInputError(
+                    f"field names for {name} must be non-empty UTF-8 strings without NUL, got {names!r}"
+                )
 
     def as_json(self) -> dict[str, list[str]]:
         return {
@@ -155,33 +159,6 @@ def _describe(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _json_problem(value: Any, where: str, depth: int, limit: int) -> str | None:
-    """Why jsonb cannot (or should not) hold ``value``: NUL, NaN, non-string keys, nesting."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{where} is {value}, which JSON cannot hold"
-    if isinstance(value, str):
-        return f"{where} contains a NUL character, which jsonb cannot store" if "\x00" in value else None
-    if isinstance(value, list | dict):
-        if depth > limit:
-            return (
-                f"metadata is nested deeper than {limit} levels (at {where}); filters only reach top-level "
-                "keys, so flatten it or raise the limit (--max-metadata-depth)"
-            )
-        items: list[tuple[str, Any]] = (
-            [(str(k), v) for k, v in value.items()]
-            if isinstance(value, dict)
-            else [(f"[{i}]", v) for i, v in enumerate(value)]
-        )
-        for key, item in items:
-            if isinstance(value, dict) and "\x00" in key:
-                return f"a key in {where} contains a NUL character, which jsonb cannot store"
-            sub = f"{where}.{key}" if isinstance(value, dict) else f"{where}{key}"
-            problem = _json_problem(item, sub, depth + 1, limit)
-            if problem:
-                return problem
-    return None
-
-
 def _vector(
     value: Any, declared: str | None, rules: Rules
 ) -> tuple[npt.NDArray[np.float32] | None, str | None, bool]:
@@ -235,13 +212,8 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         problems.append(
             ("empty_content", f"{content_name} is empty" + (" (only whitespace)" if content else ""))
         )
-    elif "\x00" in content:
-        problems.append(
-            (
-                "nul_character",
-                f"{content_name} contains a NUL character (\\u0000), which Postgres text cannot store",
-            )
-        )
+    elif problem := text_problem(content, str(content_name)):
+        problems.append(("nul_character" if "\x00" in content else "unencodable_text", problem))
     content_ok = isinstance(content, str) and not problems
     content_bytes = len(content.encode("utf-8")) if content_ok else 0
     if content_ok and content_bytes > rules.settings.max_content_bytes:
@@ -262,8 +234,10 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         problems.append(("invalid_id", f"{id_name} must be a string, got {_describe(raw_id)}"))
     elif not 1 <= len(raw_id) <= MAX_ID_LENGTH:
         problems.append(("invalid_id", f"{id_name} must have 1 to {MAX_ID_LENGTH} characters"))
-    elif "\x00" in raw_id:
-        problems.append(("invalid_id", f"{id_name} contains a NUL character"))
+    elif problem := text_problem(raw_id, str(id_name)):
+        problems.append(("invalid_id", problem))
+        if "\x00" not in raw_id:
+            doc_id = printable(raw_id)  # the report names the record: escaped, so it can be written
     else:
         doc_id = raw_id
 
@@ -274,10 +248,14 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         problems.append(("invalid_metadata", f"{metadata_name} must be an object, got {_describe(metadata)}"))
         metadata = {}
     else:
-        problem = _json_problem(metadata, "metadata", 1, rules.max_metadata_depth)
-        if problem:
-            code = "metadata_too_deep" if "nested deeper" in problem else "invalid_metadata"
-            problems.append((code, problem))
+        problem = json_problem(metadata, "metadata", max_depth=rules.max_metadata_depth)
+        if problem and "nested deeper" in problem:
+            hint = (
+                "filters only reach top-level keys, so flatten it or raise the limit (--max-metadata-depth)"
+            )
+            problems.append(("metadata_too_deep", f"{problem}; {hint}"))
+        elif problem:
+            problems.append(("invalid_metadata", problem))
 
     vector: npt.NDArray[np.float32] | None = None
     unknown_model = False
@@ -298,7 +276,7 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
         if name is not None
     }
     used.update(n.split(".", 1)[0] for n in fields.embedding_model)
-    ignored = tuple(sorted(k for k in value if k not in used))
+    ignored = tuple(sorted(printable(k) for k in value if k not in used))
 
     if problems:
         code = problems[0][0]

@@ -46,6 +46,7 @@ import numpy as np
 from postgrest import APIError
 from supabase import AsyncClient, AsyncClientOptions, Client, ClientOptions
 
+from supa_vectors._text import MAX_JSON_DEPTH, json_problem, unencodable_at
 from supa_vectors.errors import (
     AuthError,
     BackendError,
@@ -211,8 +212,22 @@ def _vector_to_list(value: Any, where: str) -> list[Any]:
     return cast(list[Any], array.tolist())
 
 
-def _to_json(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
+def _to_json(value: Any, where: str, depth: int = 0) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInputError(f"{where} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, str)):
+        # A lone surrogate or an over-long integer makes the JSON body unencodable (or a server-side
+        # syntax error naming no record): refused here, naming the parameter. NUL is the server's to
+        # refuse: bulk_upsert names the record holding it.
+        problem = (
+            json_problem(value, where)
+            if isinstance(value, int) or unencodable_at(value) is not None
+            else None
+        )
+        if problem:
+            raise InvalidInputError(problem)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -227,9 +242,12 @@ def _to_json(value: Any, where: str) -> Any:
     if isinstance(value, np.generic):
         return _to_json(value.item(), where)
     if isinstance(value, Mapping):
-        return {str(key): _to_json(item, f"{where}.{key}") for key, item in value.items()}
+        return {
+            _to_json(str(key), f"a key in {where}"): _to_json(item, f"{where}.{key}", depth + 1)
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_to_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [_to_json(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
