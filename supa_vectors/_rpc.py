@@ -128,6 +128,9 @@ class SupportsSessionUserRpc(Protocol):
 class RpcCall:
     name: str
     params: dict[str, Any]
+    # Send with these Authorization credentials instead of the transport's current ones: a queued
+    # write replays as the caller that queued it (see supa_vectors.cache.outbox).
+    credentials: str | None = None
 
 
 @dataclass(frozen=True)
