@@ -768,8 +768,10 @@ async def test_fingerprint_of_keys(kind: str) -> None:
     opaque = cls(url=URL, key=secret)
     other = cls(url=URL, key=secret + "x")
 
+    # Every claim but exp/iat: a key's iss and ref are part of its label.
     key_claims = {"iss": "supabase", "ref": "test"}
-    assert service.identity_fingerprint == Identity("service_role", {**key_claims, "role": "service_role"}).fingerprint()
+    service_label = Identity("service_role", {**key_claims, "role": "service_role"}).fingerprint()
+    assert service.identity_fingerprint == service_label
     assert anon.identity_fingerprint == Identity("anon", {**key_claims, "role": "anon"}).fingerprint()
     assert len(opaque.identity_fingerprint) == 32
     assert secret not in opaque.identity_fingerprint

@@ -254,10 +254,9 @@ class OfflineLayer:
 
     def has_pending(self) -> bool:
         """Whether writes wait that this caller can replay (none for an unverified caller)."""
-        if not self.outbox_enabled:
-            return False
-        outbox = self._caller_outbox()
-        if outbox is None:
+        outbox = self.outbox()
+        # The file check first: most calls find no outbox, and need no trust decision.
+        if outbox is None or not outbox.path.exists() or not self.trusted():
             return False
         try:
             return outbox.has_pending(self.clock())

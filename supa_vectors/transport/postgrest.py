@@ -500,7 +500,8 @@ def _current_credentials(postgrest: Any) -> str | None:
 def _with_credentials(postgrest: Any, credentials: str, factory: Callable[..., Any]) -> Any:
     """A PostgREST client like ``postgrest`` (same URL, schema, headers and HTTP session) that sends
     ``credentials`` instead of the app client's current ones; the app's client is not touched."""
-    headers = {**dict(postgrest.headers), "Authorization": credentials}
+    headers = {key: value for key, value in postgrest.headers.items() if key.lower() != "authorization"}
+    headers["Authorization"] = credentials
     schema = postgrest.headers.get("accept-profile", "public")
     return factory(str(postgrest.base_url), schema=schema, headers=headers, http_client=postgrest.session)
 
