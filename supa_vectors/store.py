@@ -168,7 +168,8 @@ class _StoreState:
         return self._offline.pending()
 
     def discard_rejected(self) -> int:
-        """Forget the writes the server refused on replay (after the app has dealt with them)."""
+        """Forget the writes the server refused on replay, and those whose token expired before they
+        could be replayed (after the app has dealt with them)."""
         return self._offline.discard_rejected()
 
     def _embedder_or_default(self) -> EmbedderLike:

@@ -395,8 +395,10 @@ def test_a_write_whose_token_expired_stays_queued_and_is_reported(standin: Stand
 
 async def test_the_async_store_holds_too(standin: StandIn, tmp_path: Path) -> None:
     seed(tmp_path)
-    standin.down = True
-    async with async_store_for(TOKEN_A, tmp_path) as a:
+    refreshed = sign({**A_CLAIMS, "exp": A_CLAIMS["exp"] + 600})  # accepted by an async call below
+    async with async_store_for(refreshed, tmp_path) as a:
+        await a.count()
+        standin.down = True
         assert {r.source for r in await a.search("tiger lion", k=5)} == {"cache"}
     for forged_token in FORGED_A.values():
         async with async_store_for(forged_token, tmp_path) as forged:
@@ -530,7 +532,7 @@ def test_a_cache_directory_owned_by_another_user_is_refused(standin: StandIn, fo
 
 @pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
 def test_a_cache_directory_others_may_write_is_refused(standin: StandIn, tmp_path: Path, mode: int) -> None:
-    shared = tmp_path / "shared"
+    shared = tmp_path / "open-to-all"
     shared.mkdir()
     shared.chmod(mode)
     with (

@@ -521,7 +521,7 @@ class OfflineLayer:
     ) -> Flow[list[UpsertResult]]:
         """Write online when possible; queue what the backend could not take (``settings`` is None when
         the store was never reached: everything queues). An unverified caller never queues."""
-        outbox = self._caller_outbox() if self.outbox_enabled else None
+        outbox = self._caller_outbox()
         if outbox is not None and (settings is None or self.has_pending()):
             yield from self._queue_upserts(outbox, prepared, settings, {}, None)
             return [UpsertResult(id=d.id, status="queued") for d in prepared]
@@ -556,7 +556,7 @@ class OfflineLayer:
     def delete_flow(self, ids: Sequence[str]) -> Flow[DeleteCount]:
         """Delete chunk by chunk; from the first chunk the backend cannot take (or while older writes
         still wait in the outbox), the rest of the ids are queued. An unverified caller never queues."""
-        outbox = self._caller_outbox() if self.outbox_enabled else None
+        outbox = self._caller_outbox()
         chunks = _rpc.id_chunks(ids)
         deleted = 0
         for position, chunk in enumerate(chunks):
