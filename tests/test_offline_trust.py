@@ -408,6 +408,13 @@ async def test_the_async_store_holds_too(standin: StandIn, tmp_path: Path) -> No
                 await forged.search("diary secret", k=5)
             with pytest.raises(BackendUnavailableError):
                 await forged.add({"id": "planted", "content": "planted by the forger"})
+    async with async_store_for(refreshed, tmp_path) as a:
+        queued = await a.add({"id": "offline-async", "content": "queued by the async store"})
+        assert queued[0].status == "queued"
+    standin.down = False
+    async with async_store_for(sign({**A_CLAIMS, "exp": A_CLAIMS["exp"] + 900}), tmp_path) as a:
+        assert (await a.flush()).upserted == 1
+    assert standin.writes()[-1][0::2] == ("bulk_upsert", refreshed)  # the token that queued it
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -122,7 +122,8 @@ class QueuedWrite:
     seq: int = 0
     queued_at: float = 0.0
     # The Authorization the write was queued with; None: the transport's own identity (Postgres).
-    credentials: str | None = None
+    # Left out of repr: a logged entry must not carry a token.
+    credentials: str | None = field(default=None, repr=False)
 
     def same_write(self, other: QueuedWrite) -> bool:
         if self.op != other.op or self.id != other.id or self.credentials != other.credentials:
