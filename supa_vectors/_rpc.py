@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -129,6 +129,9 @@ class SupportsSessionUserRpc(Protocol):
 class RpcCall:
     name: str
     params: dict[str, Any]
+    # Send with these Authorization credentials instead of the transport's current ones: a queued
+    # write replays as the caller that queued it (see supa_vectors.cache.outbox).
+    credentials: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

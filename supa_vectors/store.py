@@ -12,13 +12,14 @@ the same way: its flows yield the calls they need, and every call goes through t
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +103,18 @@ def _run_embedder(embedder: EmbedderLike, texts: Sequence[str]) -> npt.NDArray[n
     except Exception as exc:
         # An embedder is third-party code; its failures still arrive as one of ours.
         raise EmbeddingError(f"the embedder failed on {len(texts)} texts: {exc}") from exc
+
+
+def _sender(transport: object, credentials: str | None) -> Callable[[str, Mapping[str, Any]], Any]:
+    """``transport.rpc``, or the call that sends ``credentials`` (a queued write's own) instead."""
+    if credentials is None:
+        return cast(Callable[[str, Mapping[str, Any]], Any], getattr(transport, "rpc"))  # noqa: B009
+    send = getattr(transport, "rpc_with_credentials", None)
+    if send is None:
+        raise ConfigurationError(
+            f"{type(transport).__name__} cannot replay a write with the credentials that queued it"
+        )
+    return functools.partial(send, credentials=credentials)
 
 
 def _use_bulk_path(bulk: bool | None, count: int) -> bool:
@@ -195,7 +208,8 @@ class _StoreState:
         return self._offline.pending()
 
     def discard_rejected(self) -> int:
-        """Forget the writes the server refused on replay (after the app has dealt with them)."""
+        """Forget the writes the server refused on replay, and those whose token expired before they
+        could be replayed (after the app has dealt with them)."""
         return self._offline.discard_rejected()
 
     def _embedder_or_default(self) -> EmbedderLike:
@@ -379,17 +393,20 @@ class VectorStore(_StoreState):
     def _embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return _run_embedder(self._checked_embedder(self.settings()), texts)
 
-    def _call(self, name: str, params: Mapping[str, Any], *, force: bool = False) -> Any:
+    def _call(
+        self, name: str, params: Mapping[str, Any], *, force: bool = False, credentials: str | None = None
+    ) -> Any:
         """One RPC through the breaker: refused at once while it is open (unless ``force``)."""
         breaker = self._offline.breaker
         if not force and not breaker.allow():
             raise breaker.refusal()
         try:
-            reply = self._transport.rpc(name, params)
+            reply = _sender(self._transport, credentials)(name, params)
         except SupaVectorsError as exc:
             breaker.record(exc)
             raise
         breaker.record_success()
+        self._offline.note_accepted()
         return reply
 
     def _run(self, flow: Flow[T], *, force: bool = False) -> T:
@@ -404,7 +421,7 @@ class VectorStore(_StoreState):
             reply, error = None, None
             try:
                 if isinstance(op, RpcCall):
-                    reply = self._call(op.name, op.params, force=force)
+                    reply = self._call(op.name, op.params, force=force, credentials=op.credentials)
                 else:
                     reply = self._embed(op.texts)
             except SupaVectorsError as exc:
@@ -773,17 +790,20 @@ class AsyncVectorStore(_StoreState):
         embedder = await asyncio.to_thread(self._checked_embedder, settings)
         return await asyncio.to_thread(_run_embedder, embedder, texts)
 
-    async def _call(self, name: str, params: Mapping[str, Any], *, force: bool = False) -> Any:
+    async def _call(
+        self, name: str, params: Mapping[str, Any], *, force: bool = False, credentials: str | None = None
+    ) -> Any:
         """See :meth:`VectorStore._call`."""
         breaker = self._offline.breaker
         if not force and not breaker.allow():
             raise breaker.refusal()
         try:
-            reply = await self._transport.rpc(name, params)
+            reply = await _sender(self._transport, credentials)(name, params)
         except SupaVectorsError as exc:
             breaker.record(exc)
             raise
         breaker.record_success()
+        self._offline.note_accepted()
         return reply
 
     async def _run(self, flow: Flow[T], *, force: bool = False) -> T:
@@ -798,7 +818,7 @@ class AsyncVectorStore(_StoreState):
             reply, error = None, None
             try:
                 if isinstance(op, RpcCall):
-                    reply = await self._call(op.name, op.params, force=force)
+                    reply = await self._call(op.name, op.params, force=force, credentials=op.credentials)
                 elif isinstance(op, EmbedCall):
                     reply = await self._embed(op.texts)
             except SupaVectorsError as exc:

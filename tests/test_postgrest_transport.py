@@ -717,7 +717,8 @@ async def test_fingerprint_is_the_users_identity_not_the_token(make: Callable[..
 
     fingerprint = harness.transport.identity_fingerprint
 
-    assert fingerprint == Identity.user(USER_A).fingerprint()  # same label as the Postgres transport's
+    # The Postgres transport's label for the same claims (all but exp: a refreshed token keeps it).
+    assert fingerprint == Identity.user(USER_A, aud="authenticated").fingerprint()
     assert USER_JWT not in fingerprint
     assert ANON_KEY not in fingerprint
 
@@ -733,7 +734,8 @@ async def test_fingerprint_follows_the_token_that_goes_out(
     await harness.rpc("count_documents", {})
 
     assert sent(route).headers["authorization"] == f"Bearer {USER_B_JWT}"
-    assert harness.transport.identity_fingerprint == Identity.user(USER_B).fingerprint() != before
+    assert harness.transport.identity_fingerprint == Identity.user(USER_B, aud="authenticated").fingerprint()
+    assert harness.transport.identity_fingerprint != before
 
 
 async def test_a_sign_in_after_construction_is_followed(
@@ -752,7 +754,7 @@ async def test_a_sign_in_after_construction_is_followed(
 
     assert harness.client.postgrest.session is not first_session
     assert sent(route).headers["authorization"] == f"Bearer {USER_B_JWT}"
-    assert harness.transport.identity_fingerprint == Identity.user(USER_B).fingerprint()
+    assert harness.transport.identity_fingerprint == Identity.user(USER_B, aud="authenticated").fingerprint()
     assert isinstance(caught, AuthError)  # the status is still observed on the new session
     assert caught.code == "401"
 
@@ -766,8 +768,11 @@ async def test_fingerprint_of_keys(kind: str) -> None:
     opaque = cls(url=URL, key=secret)
     other = cls(url=URL, key=secret + "x")
 
-    assert service.identity_fingerprint == Identity.service().fingerprint()
-    assert anon.identity_fingerprint == Identity.anonymous().fingerprint()
+    # Every claim but exp/iat: a key's iss and ref are part of its label.
+    key_claims = {"iss": "supabase", "ref": "test"}
+    service_label = Identity("service_role", {**key_claims, "role": "service_role"}).fingerprint()
+    assert service.identity_fingerprint == service_label
+    assert anon.identity_fingerprint == Identity("anon", {**key_claims, "role": "anon"}).fingerprint()
     assert len(opaque.identity_fingerprint) == 32
     assert secret not in opaque.identity_fingerprint
     assert opaque.identity_fingerprint != other.identity_fingerprint

@@ -4,14 +4,12 @@ A cached answer may only be served for the same question to the same caller of t
 key hashes the query (text, or the vector's bytes), the mode (vector or hybrid search and its tuning),
 ``k``, the threshold, the filter (canonical JSON), the embedding model, the store's schema version,
 the store (host, port and database or project URL; never a password or key) and the caller's identity
-fingerprint (a hash of role and JWT subject, or of an opaque key). Keys are sha256 hex digests, so
+fingerprint (a hash of the role and JWT claims, or of an opaque key). Keys are sha256 hex digests, so
 neither a query nor an identity can be read back from a cache directory listing.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,6 +18,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
+
+from supa_vectors.transport.identity import bearer_token, jwt_claims
 
 __all__ = [
     "CACHE_FORMAT",
@@ -87,18 +87,6 @@ def store_label(transport: object) -> str:
     return f"transport:{kind.__module__}.{kind.__qualname__}"
 
 
-def _jwt_subject(token: str) -> str | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    return str(sub) if sub is not None else None
-
-
 def transport_subject(transport: object) -> str | None:
     """The user id (JWT ``sub``) the calls run as, or None (service role, anon, or unknown).
 
@@ -112,10 +100,9 @@ def transport_subject(transport: object) -> str | None:
     client = getattr(transport, "_client", None)
     headers = getattr(getattr(client, "postgrest", None), "headers", None)
     if headers is not None:
-        authorization = str(headers.get("authorization") or "")
-        if authorization[:7].lower() == "bearer ":
-            sub = _jwt_subject(authorization[7:].strip())
-            return sub.lower() if sub else None
+        claims = jwt_claims(bearer_token(headers.get("authorization")))
+        sub = claims.get("sub") if claims is not None else None
+        return str(sub).lower() if sub is not None else None
     return None
 
 

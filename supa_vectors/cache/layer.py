@@ -14,31 +14,40 @@ cache-first mode a cached answer younger than the TTL is served without asking.
 Writes: when the backend cannot take them, ``upsert``/``delete`` queue them in the outbox (in order,
 once per id and content) and say so (``status="queued"``, ``DeleteCount.queued``). While anything
 waits, new writes queue behind it, so the server sees writes in the order the app made them.
+
+Trust: everything stored for an identity (answers, settings, mirror, outbox) is used only for a caller
+:meth:`OfflineLayer.trusted` vouches for (see :mod:`supa_vectors.cache.trust`); anyone else gets the
+backend's own error, and queued writes replay with the credentials that queued them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from supa_vectors import _rpc
-from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, PreparedDocument, RpcCall, StoreSettings
+from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, Op, PreparedDocument, RpcCall, StoreSettings
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import Scope, canonical_json, settings_key, store_label, transport_subject
 from supa_vectors.cache.mirror import Mirror, SyncResult, sync_flow
 from supa_vectors.cache.outbox import FlushResult, Outbox, PendingWrite, QueuedWrite, next_batch
+from supa_vectors.cache.private import private_dir
 from supa_vectors.cache.results import CachedAnswer, Change, ResultsCache
+from supa_vectors.cache.trust import AcceptedCredentials, expired
 from supa_vectors.errors import (
+    AuthError,
     BackendError,
     BackendUnavailableError,
     ConfigurationError,
@@ -65,6 +74,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("supa_vectors.cache")
+
+T = TypeVar("T")
 
 CacheMode = Literal["network-first", "cache-first", "off"]
 ENV_CACHE_DIR = "SUPA_VECTORS_CACHE_DIR"
@@ -128,6 +139,8 @@ class OfflineLayer:
         self._results: ResultsCache | None = None
         self._outboxes: dict[str, Outbox] = {}
         self._mirrors: dict[str, Mirror] = {}
+        self._accepted: AcceptedCredentials | None = None
+        self._checked_directory = False
 
     # ---- components --------------------------------------------------------------------------------
 
@@ -135,7 +148,66 @@ class OfflineLayer:
     def cache_directory(self) -> Path:
         if self.directory is None:
             self.directory = default_cache_dir()
+        if not self._checked_directory:
+            # ConfigurationError: another user's, or writable by others. OSError: a file in the way,
+            # which the cache and the mirror bypass and the outbox reports.
+            with contextlib.suppress(OSError):
+                private_dir(self.directory)
+            self._checked_directory = True
         return self.directory
+
+    # ---- trust -------------------------------------------------------------------------------------
+
+    def _credentials(self) -> str | None:
+        credentials = getattr(self._transport, "credentials", None)
+        return credentials if isinstance(credentials, str) and credentials else None
+
+    def _registry(self) -> AcceptedCredentials:
+        if self._accepted is None:
+            self._accepted = AcceptedCredentials(self.cache_directory / "trust.sqlite3")
+        return self._accepted
+
+    def note_accepted(self) -> None:
+        """After a call the backend answered: remember the credentials it accepted (PostgREST)."""
+        accepted = getattr(self._transport, "accepted_credentials", None)
+        if not isinstance(accepted, str) or not accepted or (self.mode == "off" and not self.outbox_enabled):
+            return
+        try:
+            self._registry().remember(accepted, self.clock())
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("supa-vectors: cannot record accepted credentials (%s)", type(exc).__name__)
+
+    def trusted(self) -> bool:
+        """Whether what is stored for the current caller's identity may be used without the backend.
+
+        A transport without per-request credentials (Postgres: the app sets the identity itself) is
+        trusted. Otherwise the current credentials must be unexpired and either accepted by the
+        backend before (exactly these bytes) or verified by a key the transport holds. A token's claims
+        alone prove nothing: anyone can write a token that claims to be user A.
+        """
+        if not hasattr(self._transport, "credentials"):
+            return True
+        credentials = self._credentials()
+        now = self.clock()
+        if credentials is None or expired(credentials, now):
+            return False
+        try:
+            if self._registry().accepted(credentials, now):
+                return True
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("supa-vectors: cannot read accepted credentials (%s)", type(exc).__name__)
+        verifies = getattr(self._transport, "verifies", None)
+        return bool(verifies(credentials, now)) if callable(verifies) else False
+
+    def _untrusted(self) -> AuthError:
+        return AuthError(
+            "the backend has not verified this caller's credentials (never accepted while online, not "
+            "verifiable with the keys given, or expired): nothing stored offline is used for it"
+        )
+
+    def _caller_outbox(self) -> Outbox | None:
+        """The outbox, for a trusted caller only: an unverified one can neither queue nor list writes."""
+        return self.outbox() if self.trusted() else None
 
     @property
     def identity(self) -> str:
@@ -181,24 +253,36 @@ class OfflineLayer:
         return Scope(self.store, self.identity, settings.embedding_model, self.schema_version)
 
     def has_pending(self) -> bool:
+        """Whether writes wait that this caller can replay (none for an unverified caller)."""
         outbox = self.outbox()
-        if outbox is None:
+        # The file check first: most calls find no outbox, and need no trust decision.
+        if outbox is None or not outbox.path.exists() or not self.trusted():
             return False
         try:
-            return outbox.has_pending()
+            return outbox.has_pending(self.clock())
         except (sqlite3.Error, OSError) as exc:
             logger.warning("supa-vectors outbox %s cannot be read: %s", outbox.path, exc)
             return False
 
+    def _listable_outbox(self) -> Outbox | None:
+        if not self.outbox_enabled:
+            return None
+        outbox = self._caller_outbox()
+        if outbox is None:
+            raise self._untrusted()
+        return outbox
+
     def pending(self) -> list[PendingWrite]:
-        outbox = self.outbox()
-        return [] if outbox is None else outbox.pending()
+        outbox = self._listable_outbox()
+        return [] if outbox is None else outbox.pending(self.clock())
 
     def discard_rejected(self) -> int:
-        outbox = self.outbox()
-        return 0 if outbox is None else outbox.discard_rejected()
+        outbox = self._listable_outbox()
+        return 0 if outbox is None else outbox.discard_rejected(self.clock())
 
     def close(self) -> None:
+        if self._accepted is not None:
+            self._accepted.close()
         if self._results is not None:
             self._results.close()
         for outbox in self._outboxes.values():
@@ -214,8 +298,10 @@ class OfflineLayer:
         try:
             raw = yield RpcCall("store_settings", {})
         except SupaVectorsError as exc:
+            if not is_outage(exc) or not self.trusted():
+                raise
             cached = self.results.get_settings(key) if self.results is not None else None
-            if not is_outage(exc) or cached is None:
+            if cached is None:
                 raise
             self.schema_version = str(cached.get("schema_version", "unknown"))
             return StoreSettings.from_json(cached), False
@@ -263,7 +349,7 @@ class OfflineLayer:
         key = scope.search_key("search", query, k, threshold, filter)
         results = self.results
         generation = results.generation(self.store) if results is not None else 0
-        if self.mode == "cache-first":
+        if self.mode == "cache-first" and self.trusted():
             hit = self._cached(key)
             if hit is not None and self._age(hit.created_at) <= self.ttl:
                 return _search_results(hit.rows, "cache", False, self._age(hit.created_at))
@@ -294,6 +380,8 @@ class OfflineLayer:
         settings: StoreSettings,
         error: SupaVectorsError,
     ) -> list[SearchResult]:
+        if not self.trusted():
+            raise error
         hit = self._cached(key)
         if hit is not None:
             return _search_results(hit.rows, "cache", True, self._age(hit.created_at))
@@ -337,7 +425,7 @@ class OfflineLayer:
         key = scope.search_key("hybrid", text, k, None, filter, tuning_key)
         results = self.results
         generation = results.generation(self.store) if results is not None else 0
-        if self.mode == "cache-first":
+        if self.mode == "cache-first" and self.trusted():
             hit = self._cached(key)
             if hit is not None and self._age(hit.created_at) <= self.ttl:
                 return _hybrid_results(hit.rows, False, self._age(hit.created_at))
@@ -345,7 +433,7 @@ class OfflineLayer:
         try:
             reply = yield RpcCall("hybrid_search", _rpc.hybrid_params(text, vector, k, filter, tuning))
         except SupaVectorsError as exc:
-            if not is_outage(exc) or self.mode == "off":
+            if not is_outage(exc) or self.mode == "off" or not self.trusted():
                 raise
             hit = self._cached(key)
             if hit is None:
@@ -413,6 +501,7 @@ class OfflineLayer:
                 content_hash=d.content_hash,
                 metadata=d.metadata,
                 embedding=found.get(d.index),
+                credentials=self._credentials(),
             )
             for d in documents
         ]
@@ -431,8 +520,8 @@ class OfflineLayer:
         self, prepared: Sequence[PreparedDocument], settings: StoreSettings | None, identity: Identity | None
     ) -> Flow[list[UpsertResult]]:
         """Write online when possible; queue what the backend could not take (``settings`` is None when
-        the store was never reached: everything queues)."""
-        outbox = self.outbox()
+        the store was never reached: everything queues). An unverified caller never queues."""
+        outbox = self._caller_outbox()
         if outbox is not None and (settings is None or self.has_pending()):
             yield from self._queue_upserts(outbox, prepared, settings, {}, None)
             return [UpsertResult(id=d.id, status="queued") for d in prepared]
@@ -466,8 +555,8 @@ class OfflineLayer:
 
     def delete_flow(self, ids: Sequence[str]) -> Flow[DeleteCount]:
         """Delete chunk by chunk; from the first chunk the backend cannot take (or while older writes
-        still wait in the outbox), the rest of the ids are queued."""
-        outbox = self.outbox()
+        still wait in the outbox), the rest of the ids are queued. An unverified caller never queues."""
+        outbox = self._caller_outbox()
         chunks = _rpc.id_chunks(ids)
         deleted = 0
         for position, chunk in enumerate(chunks):
@@ -487,7 +576,9 @@ class OfflineLayer:
                     continue
             assert outbox is not None
             rest = [doc_id for later in chunks[position:] for doc_id in later]
-            self._enqueue(outbox, [QueuedWrite(op="delete", id=doc_id) for doc_id in rest], error)
+            credentials = self._credentials()
+            queued = [QueuedWrite(op="delete", id=doc_id, credentials=credentials) for doc_id in rest]
+            self._enqueue(outbox, queued, error)
             self._record([Change(doc_id, deleted=True) for doc_id in rest])
             self._forget_in_mirror(rest)
             return DeleteCount(deleted, queued=len(rest))
@@ -502,53 +593,72 @@ class OfflineLayer:
         batch on stays queued). A document the server refuses is moved to the rejected list, and the
         rest of its batch is sent again without it.
         """
-        outbox = self.outbox()
-        if outbox is None or not outbox.has_pending():
+        outbox = self.outbox() if self.outbox_enabled else None
+        if outbox is None:
             return FlushResult()
+        if not self.trusted():
+            # Let the backend judge these credentials (a 2xx records them as accepted); a forged or
+            # expired token gets its AuthError here, and never sees the outbox.
+            yield RpcCall("store_settings", {})
+            if not self.trusted():
+                raise self._untrusted()
         upserted = deleted = 0
         rejected: list[PendingWrite] = []
         with outbox.flushing(blocking=blocking) as acquired:
             if not acquired:
                 return FlushResult(remaining=outbox.count())
-            while batch := next_batch(outbox.head()):
+            while batch := next_batch(outbox.head(now=self.clock())):
+                try:
+                    done, changes = yield from _as_caller(
+                        self._replay(batch, settings, identity), batch[0].credentials
+                    )
+                except DocumentError as exc:
+                    if exc.index is None or not 0 <= exc.index < len(batch):
+                        raise
+                    rejected.append(_reject(outbox, batch[exc.index], exc))
+                    continue
+                except AuthError as exc:
+                    if batch[0].credentials is None:
+                        raise
+                    # The credentials that queued these no longer pass (a revoked key, a policy): they
+                    # are set aside for the app, never sent as anyone else.
+                    rejected.extend(_reject(outbox, entry, exc) for entry in batch)
+                    continue
                 if batch[0].op == "delete":
-                    rows = yield RpcCall("delete_documents", {"external_ids": [e.id for e in batch]})
-                    deleted += len(_rows(rows, "delete_documents"))
-                    changes = [Change(e.id, deleted=True) for e in batch]
+                    deleted += done
                 else:
-                    try:
-                        prepared = _rpc.prepare_documents(
-                            [
-                                Document(
-                                    id=e.id,
-                                    content=e.content or "",
-                                    metadata=e.metadata or {},
-                                    embedding=None if e.embedding is None else e.embedding.tolist(),
-                                )
-                                for e in batch
-                            ]
-                        )
-                        _rpc.check_limits(prepared, settings)
-                        yield from self._write_flow(prepared, settings, identity)
-                    except DocumentError as exc:
-                        if exc.index is None or not 0 <= exc.index < len(batch):
-                            raise
-                        refused = outbox.reject(batch[exc.index], str(exc))
-                        logger.warning(
-                            "supa-vectors outbox: the server refused queued %s of %r: %s",
-                            refused.op,
-                            refused.id,
-                            exc,
-                        )
-                        rejected.append(refused)
-                        continue
-                    upserted += len(batch)
-                    changes = [Change(e.id, vector=e.embedding, metadata=e.metadata) for e in batch]
+                    upserted += done
                 outbox.remove([e.seq for e in batch])
                 self._record(changes)
         return FlushResult(
-            upserted=upserted, deleted=deleted, rejected=tuple(rejected), remaining=outbox.count()
+            upserted=upserted,
+            deleted=deleted,
+            rejected=tuple(rejected),
+            remaining=outbox.count(),
+            expired=tuple(outbox.expired(self.clock())),
         )
+
+    def _replay(
+        self, batch: Sequence[QueuedWrite], settings: StoreSettings, identity: Identity | None
+    ) -> Flow[tuple[int, list[Change]]]:
+        """Send one batch of queued writes; returns how many the server took and the changes."""
+        if batch[0].op == "delete":
+            rows = yield RpcCall("delete_documents", {"external_ids": [e.id for e in batch]})
+            return len(_rows(rows, "delete_documents")), [Change(e.id, deleted=True) for e in batch]
+        prepared = _rpc.prepare_documents(
+            [
+                Document(
+                    id=e.id,
+                    content=e.content or "",
+                    metadata=e.metadata or {},
+                    embedding=None if e.embedding is None else e.embedding.tolist(),
+                )
+                for e in batch
+            ]
+        )
+        _rpc.check_limits(prepared, settings)
+        yield from self._write_flow(prepared, settings, identity)
+        return len(batch), [Change(e.id, vector=e.embedding, metadata=e.metadata) for e in batch]
 
     # ---- mirror ------------------------------------------------------------------------------------
 
@@ -572,23 +682,48 @@ def _rows(value: Any, rpc: str) -> list[Mapping[str, Any]]:
     return value
 
 
-def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[UpsertResult]]:
-    """Pass ``flow``'s operations through, remembering confirmed statuses and computed vectors, so an
-    upsert that fails half-way knows what the server already has."""
+def _relay(flow: Flow[T], rewrite: Callable[[Op], Op], observe: Callable[[Op, Any], None]) -> Flow[T]:
+    """Pass ``flow``'s operations through ``rewrite``, showing each answer to ``observe``."""
     reply: Any = None
     error: BaseException | None = None
     while True:
         try:
             op = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as done:
-            result: list[UpsertResult] = done.value
+            result: T = done.value
             return result
+        op = rewrite(op)
         reply, error = None, None
         try:
             reply = yield op
         except SupaVectorsError as exc:
             error = exc
             continue
+        observe(op, reply)
+
+
+def _as_caller(flow: Flow[T], credentials: str | None) -> Flow[T]:
+    """``flow`` with every RPC sent with ``credentials`` (a queued write's own), when there are any."""
+    if credentials is None:
+        return (yield from flow)
+
+    def rewrite(op: Op) -> Op:
+        return dataclasses.replace(op, credentials=credentials) if isinstance(op, RpcCall) else op
+
+    return (yield from _relay(flow, rewrite, lambda op, reply: None))
+
+
+def _reject(outbox: Outbox, entry: QueuedWrite, exc: SupaVectorsError) -> PendingWrite:
+    refused = outbox.reject(entry, str(exc))
+    logger.warning("supa-vectors outbox: the server refused queued %s of %r: %s", refused.op, refused.id, exc)
+    return refused
+
+
+def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[UpsertResult]]:
+    """Pass ``flow``'s operations through, remembering confirmed statuses and computed vectors, so an
+    upsert that fails half-way knows what the server already has."""
+
+    def observe(op: Op, reply: Any) -> None:
         if isinstance(op, EmbedCall):
             try:
                 for text, vector in zip(op.texts, np.asarray(reply, dtype=np.float32), strict=True):
@@ -599,6 +734,8 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
             for row in reply:
                 if isinstance(row, Mapping) and "external_id" in row and "status" in row:
                     tracked.statuses[str(row["external_id"])] = str(row["status"])
+
+    return (yield from _relay(flow, lambda op: op, observe))
 
 
 def _search_results(

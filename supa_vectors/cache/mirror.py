@@ -14,7 +14,8 @@ equal to the server's own HNSW recall (see docs/decisions/0005-offline-cache-and
 
 Filters use :mod:`supa_vectors.cache.filtering`, which reproduces the server's jsonb semantics.
 The mirror is one SQLite file per store and identity (a mirror synced as the service role holds
-every user's rows, so it is never consulted for anyone else).
+every user's rows, so it is never consulted for anyone else), 0600 in a 0700 directory, and searched
+only for a caller the offline layer trusts (:mod:`supa_vectors.cache.trust`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pydantic import TypeAdapter
 
 from supa_vectors._rpc import Flow, RpcCall, StoreSettings
 from supa_vectors.cache.filtering import Predicate
+from supa_vectors.cache.private import private_file
 from supa_vectors.errors import BackendError
 
 __all__ = ["Mirror", "MirrorHit", "SyncResult", "sync_flow"]
@@ -144,7 +146,7 @@ class Mirror:
             return self._conn
         if not create and not self.path.exists():
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # document text: readable by this OS user only
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("pragma journal_mode=wal")

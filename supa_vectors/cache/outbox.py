@@ -13,7 +13,12 @@ flusher at a time per outbox (an ``flock`` on a lock file, released by the kerne
 dies), so two processes never interleave their replays.
 
 Idempotent enqueueing: queueing the same write again (same id, same content hash and metadata, or a
-second delete) while the previous one still waits adds nothing.
+second delete, by the same credentials) while the previous one still waits adds nothing.
+
+Credentials: each entry keeps the ``Authorization`` it was queued with (PostgREST transports) and is
+replayed with exactly that, never with whoever flushes. An entry whose token has expired is never
+sent: it stays queued, is listed by ``pending()`` and ``FlushResult.expired`` with the reason, and
+``discard_rejected()`` drops it. The file is private to the OS user (0600 in a 0700 directory).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors.cache.keys import canonical_json
+from supa_vectors.cache.private import private_dir, private_file
+from supa_vectors.cache.trust import credentials_expiry
 
 try:
     import fcntl
@@ -54,7 +61,9 @@ create table if not exists entries (
   content_hash text,
   metadata text,
   embedding blob,
-  queued_at real not null
+  queued_at real not null,
+  credentials text,
+  expires_at real
 );
 create index if not exists entries_doc_id on entries (doc_id, seq);
 create table if not exists rejected (
@@ -96,6 +105,8 @@ class FlushResult:
     deleted: int = 0
     rejected: tuple[PendingWrite, ...] = ()
     remaining: int = 0
+    # Still queued but not sent: the token that queued them has expired (see the module docstring).
+    expired: tuple[PendingWrite, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,9 +121,12 @@ class QueuedWrite:
     embedding: npt.NDArray[np.float32] | None = None
     seq: int = 0
     queued_at: float = 0.0
+    # The Authorization the write was queued with; None: the transport's own identity (Postgres).
+    # Left out of repr: a logged entry must not carry a token.
+    credentials: str | None = field(default=None, repr=False)
 
     def same_write(self, other: QueuedWrite) -> bool:
-        if self.op != other.op or self.id != other.id:
+        if self.op != other.op or self.id != other.id or self.credentials != other.credentials:
             return False
         if self.op == "delete":
             return True
@@ -122,23 +136,39 @@ class QueuedWrite:
 
 
 def next_batch(entries: Sequence[QueuedWrite], limit: int = BATCH_SIZE) -> list[QueuedWrite]:
-    """The longest prefix of one kind, without a repeated id, that one request may carry.
+    """The longest prefix of one kind and one caller, without a repeated id, that one request may carry.
 
     A repeated id ends the batch: bulk_upsert refuses an id twice in one call, and the second write
-    of an id must land after the first.
+    of an id must land after the first. A change of credentials ends it too: one request runs as one
+    caller.
     """
     batch: list[QueuedWrite] = []
     seen: set[str] = set()
     for entry in entries:
-        if len(batch) >= limit or entry.id in seen or (batch and entry.op != batch[0].op):
+        if len(batch) >= limit or entry.id in seen:
+            break
+        if batch and (entry.op != batch[0].op or entry.credentials != batch[0].credentials):
             break
         batch.append(entry)
         seen.add(entry.id)
     return batch
 
 
+_COLUMNS = "seq, op, doc_id, content, content_hash, metadata, embedding, queued_at, credentials"
+# Replayable: queued without a token (Postgres transport), with an opaque key, or a JWT not yet expired.
+_LIVE = "(expires_at is null or expires_at > ?)"
+
+
 def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _expired_reason(expires_at: float) -> str:
+    return (
+        f"not replayed: the token that queued this write expired at {_utc(expires_at).isoformat()}; "
+        "it is never sent with other credentials (write it again as the signed-in user, then "
+        "discard_rejected())"
+    )
 
 
 class Outbox:
@@ -158,12 +188,16 @@ class Outbox:
             return self._conn
         if not create and not self.path.exists():
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=full")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("pragma table_info(entries)")}
+            for column, kind in (("credentials", "text"), ("expires_at", "real")):
+                if column not in columns:  # an outbox written by an older version
+                    conn.execute(f"alter table entries add column {column} {kind}")
         except sqlite3.Error:
             conn.close()
             raise
@@ -203,8 +237,8 @@ class Outbox:
                 if write.embedding is not None:
                     embedding = np.ascontiguousarray(write.embedding, dtype="<f4").tobytes()
                 conn.execute(
-                    "insert into entries (op, doc_id, content, content_hash, metadata, embedding, queued_at)"
-                    " values (?, ?, ?, ?, ?, ?, ?)",
+                    "insert into entries (op, doc_id, content, content_hash, metadata, embedding, queued_at,"
+                    " credentials, expires_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         write.op,
                         write.id,
@@ -213,6 +247,8 @@ class Outbox:
                         None if write.metadata is None else canonical_json(write.metadata),
                         embedding,
                         stamp,
+                        write.credentials,
+                        None if write.credentials is None else credentials_expiry(write.credentials),
                     ),
                 )
                 added += 1
@@ -220,7 +256,7 @@ class Outbox:
 
     @staticmethod
     def _row(row: tuple[Any, ...]) -> QueuedWrite:
-        seq, op, doc_id, content, content_hash, metadata, embedding, queued_at = row
+        seq, op, doc_id, content, content_hash, metadata, embedding, queued_at, credentials = row
         return QueuedWrite(
             op=op,
             id=doc_id,
@@ -230,36 +266,43 @@ class Outbox:
             embedding=np.frombuffer(embedding, dtype="<f4").astype(np.float32) if embedding else None,
             seq=int(seq),
             queued_at=float(queued_at),
+            credentials=credentials,
         )
 
     def _last_for(self, conn: sqlite3.Connection, doc_id: str) -> QueuedWrite | None:
         row = conn.execute(
-            "select seq, op, doc_id, content, content_hash, metadata, embedding, queued_at from entries"
-            " where doc_id = ? order by seq desc limit 1",
+            f"select {_COLUMNS} from entries where doc_id = ? order by seq desc limit 1",
             (doc_id,),
         ).fetchone()
         return self._row(row) if row else None
 
     # ---- reading -----------------------------------------------------------------------------------
 
-    def has_pending(self) -> bool:
+    def has_pending(self, now: float | None = None) -> bool:
+        """Whether an entry waits that can still be replayed (its token, if any, has not expired)."""
+        stamp = time.time() if now is None else now
         with self._lock:
             conn = self._connect(create=False)
             if conn is None:
                 return False
-            return bool(conn.execute("select exists (select 1 from entries)").fetchone()[0] == 1)
+            found = conn.execute(f"select exists (select 1 from entries where {_LIVE})", (stamp,))
+            return bool(found.fetchone()[0] == 1)
 
-    def head(self, limit: int = BATCH_SIZE) -> list[QueuedWrite]:
+    def head(self, limit: int = BATCH_SIZE, *, now: float | None = None) -> list[QueuedWrite]:
+        """The oldest entries that can still be replayed; those whose token expired are skipped."""
+        stamp = time.time() if now is None else now
         with self._lock:
             conn = self._connect(create=False)
             if conn is None:
                 return []
             rows = conn.execute(
-                "select seq, op, doc_id, content, content_hash, metadata, embedding, queued_at from entries"
-                " order by seq limit ?",
-                (limit,),
+                f"select {_COLUMNS} from entries where {_LIVE} order by seq limit ?", (stamp, limit)
             ).fetchall()
         return [self._row(row) for row in rows]
+
+    def expired(self, now: float | None = None) -> list[PendingWrite]:
+        """Entries that will not be replayed because the token that queued them has expired."""
+        return [p for p in self.pending(now) if p.error is not None and p.status == "queued"]
 
     def count(self) -> int:
         with self._lock:
@@ -268,15 +311,25 @@ class Outbox:
                 return 0
             return int(conn.execute("select count(*) from entries").fetchone()[0])
 
-    def pending(self) -> list[PendingWrite]:
+    def pending(self, now: float | None = None) -> list[PendingWrite]:
+        stamp = time.time() if now is None else now
         with self._lock:
             conn = self._connect(create=False)
             if conn is None:
                 return []
-            queued = conn.execute("select seq, op, doc_id, content_hash, queued_at from entries order by seq")
+            queued = conn.execute(
+                "select seq, op, doc_id, content_hash, queued_at, expires_at from entries order by seq"
+            )
             out = [
-                PendingWrite(seq=seq, op=op, id=doc_id, content_hash=digest, queued_at=_utc(at))
-                for seq, op, doc_id, digest, at in queued.fetchall()
+                PendingWrite(
+                    seq=seq,
+                    op=op,
+                    id=doc_id,
+                    content_hash=digest,
+                    queued_at=_utc(at),
+                    error=None if expires is None or expires > stamp else _expired_reason(expires),
+                )
+                for seq, op, doc_id, digest, at, expires in queued.fetchall()
             ]
             refused = conn.execute(
                 "select seq, op, doc_id, content_hash, queued_at, error from rejected order by seq"
@@ -324,17 +377,21 @@ class Outbox:
             error=error,
         )
 
-    def discard_rejected(self) -> int:
+    def discard_rejected(self, now: float | None = None) -> int:
+        """Drop the refused entries and those whose token expired (neither will ever be sent)."""
+        stamp = time.time() if now is None else now
         with self._transaction() as conn:
             if conn is None:
                 return 0
-            return conn.execute("delete from rejected").rowcount
+            gone = conn.execute("delete from entries where not " + _LIVE, (stamp,)).rowcount
+            return gone + conn.execute("delete from rejected").rowcount
 
     @contextlib.contextmanager
     def flushing(self, *, blocking: bool) -> Iterator[bool]:
         """Hold the flush lock for the block; yields False (without waiting) when another flusher has it
         and ``blocking`` is false."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        private_file(self._lock_path)
         with self._flush_thread_lock(blocking) as acquired:
             if not acquired:
                 yield False

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -36,6 +37,8 @@ import numpy.typing as npt
 
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import generation_key, write_log_key
+from supa_vectors.cache.private import private_file
+from supa_vectors.errors import ConfigurationError
 
 __all__ = ["CachedAnswer", "Change", "ResultsCache", "pack", "still_valid", "unpack"]
 
@@ -223,6 +226,20 @@ def _unpack_changes(value: Any) -> list[Change] | None:
     return out
 
 
+def _private_disk() -> type[Any]:
+    """diskcache's ``Disk`` whose value files are 0600 (it opens them with the process umask)."""
+    import diskcache
+
+    class PrivateDisk(diskcache.Disk):  # type: ignore[misc]
+        def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
+            size, mode, filename, db_value = super().store(value, read, key)
+            if filename:
+                os.chmod(os.path.join(self._directory, filename), 0o600)
+            return size, mode, filename, db_value
+
+    return PrivateDisk
+
+
 class ResultsCache:
     """The diskcache directories shared by every store, process and identity on the machine.
 
@@ -249,7 +266,11 @@ class ResultsCache:
         self._lock = threading.Lock()
         self._cache: Any = None
         self._counters: Any = None
+        # Answers hold document text: the directories and their databases are private to this OS user
+        # (a directory of someone else's is refused here, before the bypass below could hide it).
         try:
+            for name in ("results", "generations"):
+                private_file(directory / name / "cache.db")
             import diskcache
 
             cache = diskcache.Cache(
@@ -259,6 +280,7 @@ class ResultsCache:
                 eviction_policy="least-recently-stored",
                 # Our values are bytes already; keep files for the large ones only.
                 disk_min_file_size=64 * 1024,
+                disk=_private_disk(),
             )
             try:
                 counters = diskcache.Cache(
@@ -271,6 +293,8 @@ class ResultsCache:
             cache.get(generation_key("probe"))
             counters.get(generation_key("probe"))
             self._cache, self._counters = cache, counters
+        except ConfigurationError:
+            raise  # someone else's directory: refused, not bypassed
         except Exception as exc:
             self._report("open", exc)
 

@@ -24,8 +24,6 @@ shared by the blocking and the asyncio classes, which only do the I/O.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import enum
 import hashlib
@@ -43,7 +41,7 @@ from typing import Any, cast
 
 import httpx
 import numpy as np
-from postgrest import APIError
+from postgrest import APIError, AsyncPostgrestClient, SyncPostgrestClient
 from supabase import AsyncClient, AsyncClientOptions, Client, ClientOptions
 
 from supa_vectors._text import MAX_JSON_DEPTH, json_problem, unencodable_at
@@ -58,7 +56,7 @@ from supa_vectors.errors import (
     SupaVectorsError,
 )
 from supa_vectors.transport.base import SCALAR_RPCS, error_for_sqlstate
-from supa_vectors.transport.identity import Identity
+from supa_vectors.transport.identity import Identity, bearer_token, jwt_claims, verify_jwt
 
 __all__ = ["DEFAULT_TIMEOUT", "IDEMPOTENT_RPCS", "AsyncPostgrestTransport", "PostgrestTransport"]
 
@@ -480,41 +478,50 @@ def _failure_from_exception(name: str, exc: Exception, response: httpx.Response 
 # Identity
 
 
-def _jwt_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, unverified: PostgREST verifies it; we only need a cache label."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except (ValueError, binascii.Error):
-        return None
-    return cast(dict[str, Any], claims) if isinstance(claims, dict) else None
-
-
 def _fingerprint(authorization: str | None, api_key: str | None) -> str:
-    """Label the caller by the JWT's role and subject, like ``Identity.fingerprint``.
+    """Label the caller by every claim of its JWT that says who it is, like ``Identity.fingerprint``.
 
-    Using the same formula as the Postgres transport's ``Identity`` means one user (or the service
-    role) gets the same cache entries over either transport. A token that is not a JWT (the new
-    ``sb_...`` API keys) is hashed instead, so no secret ever reaches a log line or a cache key.
+    ``Identity.from_claims`` keeps all claims but the lifecycle ones (exp, iat, nbf, jti): a policy
+    may read any other, so tokens differing in one never share a cache, while a refreshed token keeps
+    its caller's cache and outbox. The label is NOT proof of anything (the token is not verified
+    here): the offline layer serves stored data only to callers it trusts (``cache/trust.py``). A
+    token that is not a JWT (the ``sb_...`` API keys) is hashed instead, so no secret ever reaches a
+    log line or a cache key.
     """
-    token = authorization or ""
-    if token[:7].lower() == "bearer ":
-        token = token[7:].strip()
-    claims = _jwt_claims(token) if token else None
-    if claims is not None:
-        role = claims.get("role")
-        sub = claims.get("sub")
-        if isinstance(role, str) and role:
-            label: dict[str, Any] = {"role": role}
-            if sub is not None:
-                label["sub"] = str(sub)
-            # Identity's role is a Literal of Supabase's roles; a custom role hashes the same way.
-            return Identity(cast(Any, role), label).fingerprint()
+    token = bearer_token(authorization)
+    claims = jwt_claims(token) if token else None
+    identity = Identity.from_claims(claims) if claims is not None else None
+    if identity is not None:
+        return identity.fingerprint()
     secret = token or api_key or ""
     return hashlib.sha256(b"supa-vectors:opaque-key\x00" + secret.encode()).hexdigest()[:32]
+
+
+def _accepted_credentials() -> str | None:
+    """The ``Authorization`` the last call in this context sent, when the server answered it 2xx.
+
+    PostgREST answers 401 to a token it cannot verify (bad signature, ``alg: none``, expired), so a
+    2xx proves the backend accepted exactly these credentials.
+    """
+    response = _last_response.get()
+    if response is None or not response.is_success:
+        return None
+    sent: str | None = response.request.headers.get("authorization")
+    return sent
+
+
+def _current_credentials(postgrest: Any) -> str | None:
+    value: str | None = postgrest.headers.get("authorization")
+    return value
+
+
+def _with_credentials(postgrest: Any, credentials: str, factory: Callable[..., Any]) -> Any:
+    """A PostgREST client like ``postgrest`` (same URL, schema, headers and HTTP session) that sends
+    ``credentials`` instead of the app client's current ones; the app's client is not touched."""
+    headers = {key: value for key, value in postgrest.headers.items() if key.lower() != "authorization"}
+    headers["Authorization"] = credentials
+    schema = postgrest.headers.get("accept-profile", "public")
+    return factory(str(postgrest.base_url), schema=schema, headers=headers, http_client=postgrest.session)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -584,12 +591,20 @@ class PostgrestTransport:
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        jwt_secret: str | None = None,
+        jwks: Mapping[str, Any] | None = None,
     ) -> None:
         """Use the app's ``client`` (its JWT decides what RLS lets through), or build one from url/key.
 
         ``timeout`` applies only to a client built here; an app's own client keeps the timeouts the
         app gave its httpx client (``ClientOptions(httpx_client=httpx.Client(timeout=...))``).
+
+        ``jwt_secret`` (the project's HS256 JWT secret) or ``jwks`` (its JSON Web Key Set, for
+        asymmetric signing keys) let a token the backend has not seen yet get offline answers: it is
+        verified against them. Without them, offline answers go only to tokens the backend accepted
+        while it was reachable (see "When Supabase is down" in the README).
         """
+        self._keys = _Keys(jwt_secret, jwks)
         self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
         self._sleep = sleep
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -626,14 +641,41 @@ class PostgrestTransport:
         headers = self._client.postgrest.headers
         return _fingerprint(headers.get("authorization"), headers.get("apikey"))
 
+    @property
+    def credentials(self) -> str | None:
+        """The ``Authorization`` value the next call sends (the app's key or its user's JWT)."""
+        return _current_credentials(self._client.postgrest)
+
+    @property
+    def accepted_credentials(self) -> str | None:
+        """What the last call in this context sent, if the server accepted it (answered 2xx)."""
+        return _accepted_credentials()
+
+    def verifies(self, credentials: str, now: float) -> bool:
+        """Whether ``credentials`` is a JWT signed by the configured secret or JWKS, valid at ``now``."""
+        return self._keys.verifies(credentials, now)
+
     def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
+        return self._rpc(name, params, None)
+
+    def rpc_with_credentials(self, name: str, params: Mapping[str, Any], credentials: str) -> Any:
+        """Call one RPC with these ``Authorization`` credentials instead of the client's current ones.
+
+        The outbox replays each queued write this way, as the caller that queued it.
+        """
+        return self._rpc(name, params, credentials)
+
+    def _rpc(self, name: str, params: Mapping[str, Any], credentials: str | None) -> Any:
         if self._closed:
             raise ConfigurationError("this PostgrestTransport is closed")
         payload = _encode_params(name, params)
+        postgrest = self._client.postgrest
+        if credentials is not None:
+            postgrest = _with_credentials(postgrest, credentials, SyncPostgrestClient)
         attempt = 1
         while True:
-            outcome = self._attempt(name, payload)
+            outcome = self._attempt(name, payload, postgrest)
             if not isinstance(outcome, _Failure):
                 return outcome.value
             delay = self._policy.delay(name, attempt, outcome, self._random.random())
@@ -643,10 +685,9 @@ class PostgrestTransport:
             self._sleep(delay)
             attempt += 1
 
-    def _attempt(self, name: str, payload: dict[str, Any]) -> _Result | _Failure:
+    def _attempt(self, name: str, payload: dict[str, Any], postgrest: Any) -> _Result | _Failure:
         _last_response.set(None)
         try:
-            postgrest = self._client.postgrest
             _observe(postgrest.session, _record_response)
             result = postgrest.rpc(name, payload).execute()
         except Exception as exc:
@@ -680,8 +721,11 @@ class AsyncPostgrestTransport:
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        jwt_secret: str | None = None,
+        jwks: Mapping[str, Any] | None = None,
     ) -> None:
         """See :class:`PostgrestTransport`; ``sleep`` defaults to ``asyncio.sleep``."""
+        self._keys = _Keys(jwt_secret, jwks)
         self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
         self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -718,14 +762,35 @@ class AsyncPostgrestTransport:
         headers = self._client.postgrest.headers
         return _fingerprint(headers.get("authorization"), headers.get("apikey"))
 
+    @property
+    def credentials(self) -> str | None:
+        return _current_credentials(self._client.postgrest)
+
+    @property
+    def accepted_credentials(self) -> str | None:
+        return _accepted_credentials()
+
+    def verifies(self, credentials: str, now: float) -> bool:
+        return self._keys.verifies(credentials, now)
+
     async def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
+        return await self._rpc(name, params, None)
+
+    async def rpc_with_credentials(self, name: str, params: Mapping[str, Any], credentials: str) -> Any:
+        """See :meth:`PostgrestTransport.rpc_with_credentials`."""
+        return await self._rpc(name, params, credentials)
+
+    async def _rpc(self, name: str, params: Mapping[str, Any], credentials: str | None) -> Any:
         if self._closed:
             raise ConfigurationError("this AsyncPostgrestTransport is closed")
         payload = _encode_params(name, params)
+        postgrest = self._client.postgrest
+        if credentials is not None:
+            postgrest = _with_credentials(postgrest, credentials, AsyncPostgrestClient)
         attempt = 1
         while True:
-            outcome = await self._attempt(name, payload)
+            outcome = await self._attempt(name, payload, postgrest)
             if not isinstance(outcome, _Failure):
                 return outcome.value
             delay = self._policy.delay(name, attempt, outcome, self._random.random())
@@ -735,10 +800,9 @@ class AsyncPostgrestTransport:
             await self._sleep(delay)
             attempt += 1
 
-    async def _attempt(self, name: str, payload: dict[str, Any]) -> _Result | _Failure:
+    async def _attempt(self, name: str, payload: dict[str, Any], postgrest: Any) -> _Result | _Failure:
         _last_response.set(None)
         try:
-            postgrest = self._client.postgrest
             _observe(postgrest.session, _arecord_response)
             result = await postgrest.rpc(name, payload).execute()
         except Exception as exc:
@@ -756,6 +820,27 @@ class AsyncPostgrestTransport:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The keys this app holds to verify its users' tokens offline (none by default)."""
+
+    secret: str | None
+    jwks: Mapping[str, Any] | None
+
+    def __post_init__(self) -> None:
+        if self.secret is not None and (not isinstance(self.secret, str) or len(self.secret) < 32):
+            raise ConfigurationError("jwt_secret must be the project's JWT secret (at least 32 characters)")
+        keys = self.jwks.get("keys") if isinstance(self.jwks, Mapping) else None
+        if self.jwks is not None and not isinstance(keys, list):
+            raise ConfigurationError('jwks must be a JSON Web Key Set: {"keys": [...]}')
+
+    def verifies(self, credentials: str, now: float) -> bool:
+        token = bearer_token(credentials)
+        if not token or (self.secret is None and self.jwks is None):
+            return False
+        return verify_jwt(token, now=now, secret=self.secret, jwks=self.jwks) is not None
 
 
 @dataclass(frozen=True)
