@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from supa_vectors._cli_search import add_backend_arguments, open_store
 from supa_vectors._rpc import EmbedderLike
 from supa_vectors.errors import InvalidInputError, SupaVectorsError
 from supa_vectors.migrate import (
@@ -187,9 +188,7 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help=f"reject metadata nested deeper (default {DEFAULT_MAX_METADATA_DEPTH})",
     )
 
-    backend = parser.add_argument_group("backend")
-    backend.add_argument("--database-url", metavar="URL", default=None, help="postgresql:// or https:// URL")
-    backend.add_argument("--key", default=None, help="Supabase API key, with an https:// --database-url")
+    add_backend_arguments(parser.add_argument_group("backend"))
     parser.set_defaults(handler=migrate_command)
 
 
@@ -208,9 +207,18 @@ def _store(args: argparse.Namespace, embedder: EmbedderLike | None) -> VectorSto
         from supa_vectors.embedding import OnnxEmbedder
 
         embedder = OnnxEmbedder(quantized=True)
-    if args.database_url:
-        return VectorStore.from_url(args.database_url, args.key, embedder=embedder)
-    return VectorStore.from_env(embedder=embedder)
+    return open_store(args, embedder, ask_anyway=True)
+
+
+def _sync_mirror(store: VectorStore) -> None:
+    """After a run that wrote, bring the offline mirror up to date, so that searches the backend cannot
+    answer find the new documents too (incremental: only what changed since the last sync)."""
+    try:
+        result = store.sync_mirror()
+    except SupaVectorsError as exc:
+        print(f"supa-vectors: note: the offline mirror was not refreshed ({exc})", file=sys.stderr)
+        return
+    print(f"mirror: {result.documents} documents, for searches while offline", file=sys.stderr)
 
 
 def migrate_command(
@@ -295,6 +303,8 @@ def _migrate(
                     file=sys.stderr,
                 )
             raise
+        if report.status == "completed":
+            _sync_mirror(store)
     if args.json:
         if report.report_path:
             out.write(Path(report.report_path).read_text(encoding="utf-8"))

