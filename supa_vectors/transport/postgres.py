@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -268,9 +269,23 @@ class PostgresTransport(_Base):
             max_size=max_size,
             timeout=timeout,
             configure=_configure,
-            name="supa-vectors",
-            open=True,
+            name=_POOL_NAME,
+            # Opened by the first call: a store whose calls the breaker refuses never connects at all.
+            open=False,
         )
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        with self._open_lock:
+            if self._closed:
+                raise BackendUnavailableError("the Postgres transport is closed")
+            if not self._opened:
+                self._pool.open(wait=False)
+                self._opened = True
 
     def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         return self._run(name, params, switch_identity=True)
@@ -290,6 +305,7 @@ class PostgresTransport(_Base):
 
     def _run(self, name: str, params: Mapping[str, Any], *, switch_identity: bool) -> Any:
         query, values = _call(name, params)
+        self._open()
         if not self._reachable:
             self._probe()
         try:
@@ -316,7 +332,9 @@ class PostgresTransport(_Base):
         return _result(name, rows)
 
     def close(self) -> None:
-        self._pool.close()
+        with self._open_lock:
+            self._closed = True
+            self._pool.close()
 
     def __enter__(self) -> PostgresTransport:
         return self
@@ -350,7 +368,7 @@ class AsyncPostgresTransport(_Base):
                 max_size=max_size,
                 timeout=timeout,
                 configure=_aconfigure,
-                name="supa-vectors",
+                name=_POOL_NAME,
                 open=False,
             )
         )
