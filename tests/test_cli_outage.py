@@ -9,6 +9,7 @@ where stderr must be exactly what a user sees, as real subprocesses. Nothing ass
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,10 +116,8 @@ class SilentServer:
         # shutdown() wakes the accept() above; then nothing listens on the port any more.
         for conn in self.accepted:
             conn.close()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
         self.thread.join(timeout=5)
 
@@ -132,19 +131,23 @@ def test_default_setup_answers_from_cache_and_mirror_after_local_stop(
     err = migrate_docs(capsys, env)
     assert any(line.startswith("mirror: 3 documents") for line in err), err  # migrate synced the mirror
     code, online, err = cli(capsys, "search", ASKED, "-k", "2")
-    assert code == 0 and not any("offline" in line for line in err)
+    assert code == 0
+    assert not any("offline" in line for line in err)
     assert cli(capsys, "local", "stop")[0] == 0
     try:
         # Asked before: the results cache; the stopped stack's last URL is refused, not "not configured".
         code, out, err = cli(capsys, "search", ASKED, "-k", "2")
         assert code == 0, err
         assert hit_ids(out) == hit_ids(online)
-        assert len(err) == 1 and "offline" in err[0] and "results cache" in err[0], err
+        assert len(err) == 1, err
+        assert "offline" in err[0], err
+        assert "results cache" in err[0], err
         # Never asked: the mirror that migrate synced.
         code, out, err = cli(capsys, "search", NEW, "-k", "1")
         assert code == 0, err
         assert hit_ids(out) == ["grinder"]
-        assert len(err) == 1 and "offline mirror" in err[0], err
+        assert len(err) == 1, err
+        assert "offline mirror" in err[0], err
     finally:
         assert cli(capsys, "local", "start")[0] == 0
 
@@ -172,7 +175,8 @@ def test_a_real_process_prints_one_line_and_no_pool_noise(
             )
             assert done.returncode == 0, done.stderr
             lines = done.stderr.splitlines()
-            assert len(lines) == 1 and source in lines[0], done.stderr  # no "error connecting in ..."
+            assert len(lines) == 1, done.stderr
+            assert source in lines[0], done.stderr
             assert "error connecting" not in done.stderr
             assert hit_ids(done.stdout)
     finally:
@@ -190,19 +194,26 @@ def test_the_breaker_remembers_a_silent_host_until_the_stack_starts_again(
     try:
         # The host accepts and never answers: the search gives up after --timeout and answers offline.
         code, _, err = cli(capsys, "search", ASKED, "-k", "2", "--timeout", "2")
-        assert code == 0 and len(err) == 1 and "results cache" in err[0], err
+        assert code == 0, err
+        assert len(err) == 1, err
+        assert "results cache" in err[0], err
         tried = len(silent.accepted)
         assert tried >= 1
         files = list((Path(env["cache"]) / "breaker").glob("*.json"))
-        assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+        assert len(files) == 1
+        assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
         assert json.loads(files[0].read_text())["opened_at"] is not None
         # The next command (a new store, as a new process would build) does not try the host again.
         code, _, err = cli(capsys, "search", ASKED, "-k", "2", "--timeout", "2")
-        assert code == 0 and len(err) == 1 and "results cache" in err[0], err
+        assert code == 0, err
+        assert len(err) == 1, err
+        assert "results cache" in err[0], err
         assert len(silent.accepted) == tried
         # `mirror sync` asks anyway (there is nothing to answer offline) and says why it failed.
         code, _, err = cli(capsys, "mirror", "sync", "--timeout", "2")
-        assert code == 1 and len(err) == 1 and "unreachable" in err[0], err
+        assert code == 1, err
+        assert len(err) == 1, err
+        assert "unreachable" in err[0], err
         assert len(silent.accepted) > tried
     finally:
         silent.close()
@@ -210,7 +221,8 @@ def test_the_breaker_remembers_a_silent_host_until_the_stack_starts_again(
     assert cli(capsys, "local", "start")[0] == 0
     assert not (Path(env["cache"]) / "breaker").exists()
     code, _, err = cli(capsys, "search", ASKED, "-k", "2")
-    assert code == 0 and err == [], err
+    assert code == 0, err
+    assert err == [], err
 
 
 def offline_ids(capsys: pytest.CaptureFixture[str], query: str) -> list[str]:
@@ -218,7 +230,9 @@ def offline_ids(capsys: pytest.CaptureFixture[str], query: str) -> list[str]:
     assert cli(capsys, "local", "stop")[0] == 0
     try:
         code, out, err = cli(capsys, "search", query, "-k", "4")
-        assert code == 0 and len(err) == 1 and "offline mirror" in err[0], err
+        assert code == 0, err
+        assert len(err) == 1, err
+        assert "offline mirror" in err[0], err
         return hit_ids(out)
     finally:
         assert cli(capsys, "local", "start")[0] == 0
@@ -239,7 +253,8 @@ def test_searches_keep_the_mirror_current_unless_told_not_to(
     assert "moka" not in offline_ids(capsys, "moka pot steam pressure")
     # On demand.
     code, out, _ = cli(capsys, "mirror", "sync")
-    assert code == 0 and out.startswith("mirror: 4 documents"), out
+    assert code == 0, out
+    assert out.startswith("mirror: 4 documents"), out
     assert offline_ids(capsys, "moka pot steam pressure")[0] == "moka"
 
     with VectorStore.from_url(env["url"], cache="off") as store:
@@ -256,8 +271,11 @@ def test_a_query_with_nothing_to_fall_back_on_fails_in_one_line(
     assert cli(capsys, "local", "stop")[0] == 0
     try:
         code, out, err = cli(capsys, "search", ASKED)
-        assert code == 1 and out == ""
-        assert len(err) == 1 and err[0].startswith("supa-vectors: error:") and "unreachable" in err[0]
+        assert code == 1
+        assert out == ""
+        assert len(err) == 1
+        assert err[0].startswith("supa-vectors: error:")
+        assert "unreachable" in err[0]
     finally:
         assert cli(capsys, "local", "start")[0] == 0
 
@@ -267,9 +285,11 @@ def test_a_refused_connection_is_reported_by_the_first_attempt(env: dict[str, st
     stack = LocalStack()
     stack.stop()
     try:
-        with PostgresTransport(env["url"], timeout=600) as transport:
-            with pytest.raises(BackendUnavailableError, match="unreachable.*refused"):
-                transport.rpc("store_settings", {})
+        with (
+            PostgresTransport(env["url"], timeout=600) as transport,
+            pytest.raises(BackendUnavailableError, match=r"unreachable.*refused"),
+        ):
+            transport.rpc("store_settings", {})
     finally:
         stack.start()
 
@@ -282,7 +302,8 @@ def test_a_breaker_state_file_carries_over_to_the_next_breaker(tmp_path: Path) -
     first.record_failure()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     second = CircuitBreaker(failure_threshold=2, reset_timeout=60, state_file=path)
-    assert second.state == "open" and not second.allow()
+    assert second.state == "open"
+    assert not second.allow()
     # A breaker that trusts a remembered outage for 0 s probes at once; its success closes them all.
     third = CircuitBreaker(failure_threshold=2, reset_timeout=0, state_file=path)
     assert third.allow()
