@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from supa_vectors._rpc import EmbedderLike
 from supa_vectors.cache.breaker import CircuitBreaker
 from supa_vectors.cache.layer import breaker_file, default_cache_dir
+from supa_vectors.cli import GROUP_HELP
 from supa_vectors.config import (
     ENV_TIMEOUT,
     target_from_env,
@@ -32,7 +33,7 @@ from supa_vectors.config import (
     timeout_from_env,
     transport_for,
 )
-from supa_vectors.errors import ConfigurationError, FilterError, InvalidInputError, SupaVectorsError
+from supa_vectors.errors import ConfigurationError, FilterError, SupaVectorsError, UsageError
 from supa_vectors.models import HybridSearchResult, SearchResult
 from supa_vectors.store import VectorStore
 
@@ -59,7 +60,7 @@ _SNIPPET = 160
 def add_search_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "search",
-        help="search the store by meaning (or by meaning and words, with --hybrid)",
+        help=GROUP_HELP["search"],
         description="Search the store. The backend comes from --database-url, else SUPABASE_URL + "
         "SUPABASE_KEY, else SUPA_VECTORS_DATABASE_URL, else the running local stack.",
     )
@@ -84,7 +85,7 @@ def add_search_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help=f"do not refresh the offline mirror after the search (also: {ENV_MIRROR_SYNC}=off)",
     )
     add_backend_arguments(parser)
-    parser.set_defaults(handler=search_command)
+    parser.set_defaults(handler=search_command, parser=parser)
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -104,7 +105,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
 def add_mirror_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mirror = commands.add_parser(
         "mirror",
-        help="the local copy of the store's vectors that answers new questions offline",
+        help=GROUP_HELP["mirror"],
         description="The mirror (in the cache directory, $SUPA_VECTORS_CACHE_DIR) answers searches never "
         "asked before while the backend is unreachable. `migrate` and online searches keep it current; "
         "`sync` updates it now.",
@@ -118,7 +119,7 @@ def add_mirror_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     sync.add_argument("--full", action="store_true", help="rebuild the mirror from scratch")
     add_backend_arguments(sync)
-    sync.set_defaults(handler=mirror_command)
+    sync.set_defaults(handler=mirror_command, parser=sync)
 
 
 def _timeout(args: argparse.Namespace) -> float:
@@ -126,7 +127,7 @@ def _timeout(args: argparse.Namespace) -> float:
     if value is None:
         return timeout_from_env(DEFAULT_TIMEOUT)
     if not math.isfinite(value) or value <= 0:
-        raise InvalidInputError(f"--timeout must be a positive number of seconds, got {value:g}")
+        raise UsageError(f"--timeout must be a positive number of seconds, got {value:g}")
     return float(value)
 
 
@@ -212,7 +213,7 @@ def search_command(
     out = out or sys.stdout
     filter = _parse_filter(args.filter)
     if args.hybrid and args.threshold is not None:
-        raise InvalidInputError("--threshold applies to vector search, not to --hybrid")
+        raise UsageError("--threshold applies to vector search, not to --hybrid")
     sync_after = _sync_after(args)
     with open_store(args, embedder) as store:
         results: list[SearchResult | HybridSearchResult] = []
