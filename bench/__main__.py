@@ -9,6 +9,7 @@ Sections (``--only`` takes a comma-separated subset, in any order):
   quality    recall@1/@10 and MRR on the corpus queries: vector, full-text, hybrid (fp32, int8)
   offline    cache hits, answers with the backend down, mirror search (bench/offline.py)
   migration  the shared corpus through the migration path, and memory at 1x and 10x (bench/migration.py)
+  cli        whole CLI processes: start-up, and searches with the backend down against up (bench/cli.py)
 
 ``--quick`` runs small sizes (about a minute) so CI keeps the code working; its figures mean little.
 Every figure is printed with its ratio to a baseline measured in the same run.
@@ -31,7 +32,7 @@ from typing import Any
 
 from bench._common import REPO_ROOT
 
-SECTIONS = ("embedding", "ingest", "search", "filtered", "quality", "offline", "migration")
+SECTIONS = ("embedding", "ingest", "search", "filtered", "quality", "offline", "migration", "cli")
 # section -> (module, function taking quick). search and filtered share one loaded store: when both
 # are chosen, bench.search.run_parts loads it once and returns the figures of both.
 _RUNNERS: dict[str, tuple[str, str]] = {
@@ -42,6 +43,7 @@ _RUNNERS: dict[str, tuple[str, str]] = {
     "quality": ("bench.quality", "run"),
     "offline": ("bench.offline", "run"),
     "migration": ("bench.migration", "run"),
+    "cli": ("bench.cli", "run"),
 }
 
 
