@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from supa_vectors._cli_search import add_backend_arguments, open_store
 from supa_vectors._rpc import EmbedderLike
 from supa_vectors.cli import GROUP_HELP
-from supa_vectors.errors import SupaVectorsError, UsageError
+from supa_vectors.errors import InvalidInputError, SupaVectorsError, UsageError
 from supa_vectors.store import VectorStore
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ EXIT_STATUSES = """exit status:
   0    every record landed (verify: every record is in the store as in the source)
   1    error: nothing more was written; an interrupted run continues with --resume
   2    usage error
-  3    finished, but some records were rejected (each is listed in the report)
+  3    finished, but some records were rejected (each is listed in the report; verify: the valid
+       records match, but the source has invalid ones, which were never migrated)
   4    the integrity check found differences (rollback: some documents changed since, left alone)
   130  interrupted (Ctrl-C); continue with --resume
 """
@@ -294,7 +295,7 @@ def _migrate(
     progress: Progress | None,
 ) -> int:
     from supa_vectors.migrate import Retry, find_resumable, migrate, new_run_id, progress_for
-    from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS
+    from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, discover
     from supa_vectors.migrate.report import EXIT_INTERRUPTED, render_migration
 
     if args.resume is True:
@@ -306,6 +307,8 @@ def _migrate(
     else:
         if not paths:
             raise UsageError("nothing to migrate: give one or more PATHs (see --help)")
+        if not discover(paths):
+            raise InvalidInputError(f"nothing to migrate: no .json or .jsonl files in {', '.join(paths)}")
         run_id = args.run_id or new_run_id()
     with _store(args, embedder) as store:
         try:

@@ -34,6 +34,7 @@ from supa_vectors.config import (
     transport_for,
 )
 from supa_vectors.errors import ConfigurationError, FilterError, SupaVectorsError, UsageError
+from supa_vectors.filters import comparisons, json_type
 from supa_vectors.models import HybridSearchResult, SearchResult
 from supa_vectors.store import VectorStore
 
@@ -221,7 +222,7 @@ def search_command(
             results += store.hybrid_search(args.query, k=args.k, filter=filter)
         else:
             results += store.search(args.query, k=args.k, threshold=args.threshold, filter=filter)
-        _print_results(results, args.json, out)
+        _print_results(results, args.json, out, filter)
         note = offline_note(results)
         if note is not None:
             print(note, file=sys.stderr)
@@ -243,13 +244,31 @@ def _refresh_mirror(store: VectorStore, older_than: float) -> None:
         print(f"supa-vectors: note: the offline mirror was not refreshed ({exc})", file=sys.stderr)
 
 
-def _print_results(results: list[SearchResult | HybridSearchResult], as_json: bool, out: TextIO) -> None:
+def _empty_filter_notes(filter: dict[str, Any] | None) -> list[str]:
+    """Why a filtered search may find nothing: a comparison matches only values of its operand's JSON
+    type, so ``{"minutes": {"$lt": "abc"}}`` never matches a number. Said, not changed: the server's
+    semantics are jsonb's, and a string comparison is right for ISO dates stored as strings."""
+    return [
+        f"note: {json.dumps(field)} {op} {json.dumps(operand)} matches only {json_type(operand)} values "
+        f"(a comparison never matches values of another JSON type)"
+        for field, op, operand in comparisons(filter or {})
+    ]
+
+
+def _print_results(
+    results: list[SearchResult | HybridSearchResult],
+    as_json: bool,
+    out: TextIO,
+    filter: dict[str, Any] | None = None,
+) -> None:
     if as_json:
         json.dump([r.model_dump() for r in results], out, ensure_ascii=False, indent=2)
         out.write("\n")
         return
     if not results:
         print("no results", file=sys.stderr)
+        for note in _empty_filter_notes(filter):
+            print(note, file=sys.stderr)
     for rank, result in enumerate(results, start=1):
         if isinstance(result, HybridSearchResult):
             score = f"score {result.score:.4f}"
