@@ -98,8 +98,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
         type=float,
         default=None,
         metavar="SECONDS",
-        help=f"how long to wait for the backend before calling it down (default: ${ENV_TIMEOUT}, else "
-        f"{DEFAULT_TIMEOUT:g}); a refused connection is known at once",
+        help=f"how long to wait for a connection to the backend before calling it down (default: "
+        f"${ENV_TIMEOUT}, else {DEFAULT_TIMEOUT:g}); a refused connection is known at once",
     )
 
 
@@ -143,7 +143,7 @@ def open_store(
     the outcome for the commands after it.
     """
     target = target_from_url(args.database_url, args.key) if args.database_url else target_from_env()
-    transport = transport_for(target, timeout=_timeout(args))
+    transport = transport_for(target, connect_timeout=_timeout(args))
     breaker = CircuitBreaker(
         failure_threshold=1,
         reset_timeout=0.0 if ask_anyway else BREAKER_RESET,

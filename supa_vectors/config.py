@@ -34,7 +34,7 @@ __all__ = [
 ENV_SUPABASE_URL = "SUPABASE_URL"
 ENV_SUPABASE_KEY = "SUPABASE_KEY"
 ENV_DATABASE_URL = "SUPA_VECTORS_DATABASE_URL"
-# Seconds to wait for the backend (connecting, and for a pooled connection) before calling it down.
+# Seconds the CLI waits for a connection to the backend before calling it down.
 ENV_TIMEOUT = "SUPA_VECTORS_TIMEOUT"
 
 Kind = Literal["postgrest", "postgres"]
@@ -135,21 +135,26 @@ def timeout_from_env(default: float, environ: Mapping[str, str] | None = None) -
 
 
 def transport_for(
-    target: Target, *, identity: Identity | None = None, timeout: float | None = None
+    target: Target, *, identity: Identity | None = None, connect_timeout: float | None = None
 ) -> Transport:
-    """A transport for ``target``; ``timeout`` (seconds to connect, and to wait for a pooled
-    connection) defaults to each transport's own."""
+    """A transport for ``target``; ``connect_timeout`` (seconds to get a connection to the backend
+    before calling it down) defaults to each transport's own; calls themselves keep their timeouts."""
     if target.kind == "postgres":
         from supa_vectors.transport.postgres import PostgresTransport
 
-        if timeout is None:
+        if connect_timeout is None:
             return PostgresTransport(target.url, identity=identity)
-        return PostgresTransport(target.url, identity=identity, timeout=timeout, connect_timeout=timeout)
+        return PostgresTransport(target.url, identity=identity, connect_timeout=connect_timeout)
     _no_identity_over_http(identity)
     try:
-        from supa_vectors.transport.postgrest import PostgrestTransport
+        import httpx
+
+        from supa_vectors.transport.postgrest import DEFAULT_TIMEOUT, PostgrestTransport
     except ImportError as exc:
         raise ConfigurationError(f"the PostgREST transport is not available: {exc}") from exc
+    timeout = DEFAULT_TIMEOUT
+    if connect_timeout is not None:
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT.read, connect=connect_timeout)
     return PostgrestTransport(url=target.url, key=target.key, timeout=timeout)
 
 
