@@ -182,3 +182,20 @@ def test_the_async_store_closes_like_httpx_and_the_readme_says_so() -> None:
     stop_line = next(line for line in readme.splitlines() if line.startswith("supa-vectors local stop "))
     assert "wipe" not in stop_line.split("#", 1)[1].split("`local reset`")[0]
     assert "data stays" in stop_line
+
+
+def test_the_timeout_comes_from_the_environment_and_is_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from supa_vectors._cli_search import open_store
+
+    monkeypatch.setenv("SUPA_VECTORS_TIMEOUT", "soon")
+    assert main(["mirror", "sync", "--database-url", "postgresql://u@127.0.0.1:1/db"]) == 1
+    assert "SUPA_VECTORS_TIMEOUT must be a positive number of seconds, got 'soon'" in capsys.readouterr().err
+    monkeypatch.setenv("SUPA_VECTORS_TIMEOUT", "7")
+    args = build_parser(["search", "x"]).parse_args(["search", "x", "--database-url", "postgresql://u@h/db"])
+    with open_store(args, FakeEmbedder()) as store:
+        assert store.transport._connect_timeout == 7  # type: ignore[attr-defined]
+    args.timeout = 3.0  # --timeout wins over the environment
+    with open_store(args, FakeEmbedder()) as store:
+        assert store.transport._connect_timeout == 3  # type: ignore[attr-defined]
