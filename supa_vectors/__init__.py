@@ -3,8 +3,11 @@
 The public API is what ``__all__`` lists; everything in underscore-free submodules
 that is not re-exported here may change without notice.
 
-``import supa_vectors`` stays light: the embedders (onnxruntime, tokenizers) and the direct
-Postgres transport (psycopg) are imported on first access of their names.
+``import supa_vectors`` stays light (a command-line call pays for what it uses, not for the whole SDK):
+only the exceptions, the filter check and the transport protocols are imported with the package; every
+other name (the stores and models, which bring numpy and pydantic; the embedders, which bring
+onnxruntime; the Postgres transport, which brings psycopg) is imported on its first access.
+``tests/test_startup.py`` checks which heavy modules a bare import loads.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from supa_vectors.cache import CircuitBreaker, FlushResult, PendingWrite, SyncResult
 from supa_vectors.errors import (
     AuthError,
     BackendError,
@@ -30,23 +32,25 @@ from supa_vectors.errors import (
     SupaVectorsError,
 )
 from supa_vectors.filters import Filter, validate_filter
-from supa_vectors.models import (
-    DeleteCount,
-    Document,
-    HybridSearchResult,
-    SearchResult,
-    StoredDocument,
-    StoreStats,
-    UpsertResult,
-)
-from supa_vectors.store import AsyncVectorStore, VectorStore
 from supa_vectors.transport.base import AsyncTransport, Transport
 from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
+    from supa_vectors.cache.breaker import CircuitBreaker
+    from supa_vectors.cache.mirror import SyncResult
+    from supa_vectors.cache.outbox import FlushResult, PendingWrite
     from supa_vectors.embedding import Embedder, OnnxEmbedder
+    from supa_vectors.models import (
+        DeleteCount,
+        Document,
+        HybridSearchResult,
+        SearchResult,
+        StoredDocument,
+        StoreStats,
+        UpsertResult,
+    )
+    from supa_vectors.store import AsyncVectorStore, VectorStore
     from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -91,6 +95,24 @@ __all__ = [
 
 # name -> module it is imported from on first access
 _LAZY = {
+    "AsyncVectorStore": "supa_vectors.store",
+    "VectorStore": "supa_vectors.store",
+    "CircuitBreaker": "supa_vectors.cache.breaker",
+    "SyncResult": "supa_vectors.cache.mirror",
+    "FlushResult": "supa_vectors.cache.outbox",
+    "PendingWrite": "supa_vectors.cache.outbox",
+    **dict.fromkeys(
+        (
+            "DeleteCount",
+            "Document",
+            "HybridSearchResult",
+            "SearchResult",
+            "StoredDocument",
+            "StoreStats",
+            "UpsertResult",
+        ),
+        "supa_vectors.models",
+    ),
     "Embedder": "supa_vectors.embedding",
     "OnnxEmbedder": "supa_vectors.embedding",
     "PostgresTransport": "supa_vectors.transport.postgres",

@@ -12,36 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from supa_vectors._cli_search import add_backend_arguments, open_store
 from supa_vectors._rpc import EmbedderLike
-from supa_vectors.errors import InvalidInputError, SupaVectorsError
-from supa_vectors.migrate import (
-    DEFAULT_STATE_DIR,
-    FieldMap,
-    MigrationOptions,
-    Progress,
-    Retry,
-    find_resumable,
-    migrate,
-    new_run_id,
-    progress_for,
-    rollback,
-    runs,
-    verify,
-)
-from supa_vectors.migrate.checkpoint import Checkpoint
-from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS
-from supa_vectors.migrate.report import (
-    EXIT_INTERRUPTED,
-    render_migration,
-    render_rollback,
-    render_verify,
-)
-from supa_vectors.migrate.validation import DEFAULT_MAX_METADATA_DEPTH
+from supa_vectors.cli import GROUP_HELP
+from supa_vectors.errors import InvalidInputError, SupaVectorsError, UsageError
 from supa_vectors.store import VectorStore
+
+if TYPE_CHECKING:
+    from supa_vectors.migrate import FieldMap, Progress
+
+# The migration machinery (supa_vectors.migrate) is imported by the functions that use it, so that
+# ``supa-vectors search`` and ``--help`` do not pay for it.
 
 __all__ = ["EXIT_STATUSES", "add_migrate_parser", "migrate_command"]
 
@@ -50,7 +36,8 @@ EXIT_STATUSES = """exit status:
   0    every record landed (verify: every record is in the store as in the source)
   1    error: nothing more was written; an interrupted run continues with --resume
   2    usage error
-  3    finished, but some records were rejected (each is listed in the report)
+  3    finished, but some records were rejected (each is listed in the report; verify: the valid
+       records match, but the source has invalid ones, which were never migrated)
   4    the integrity check found differences (rollback: some documents changed since, left alone)
   130  interrupted (Ctrl-C); continue with --resume
 """
@@ -69,35 +56,69 @@ _USAGE = """supa-vectors migrate [options] PATH [PATH ...]
        supa-vectors migrate runs"""
 
 
-def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+_ACTION_HELP = {
+    "verify": (
+        "supa-vectors migrate verify [options] [PATH ...]",
+        "Check that every record of the source is in the store as it is in the files (content and "
+        "metadata). Without PATHs, the paths and reading options of a run: --run-id, else the newest "
+        "run in --state-dir.",
+    ),
+    "rollback": (
+        "supa-vectors migrate rollback [--force] RUN_ID",
+        "Undo a run: delete the documents it inserted and restore those it updated. Documents changed "
+        "since the run are left alone (and listed) unless --force.",
+    ),
+    "runs": ("supa-vectors migrate runs [--json]", "List the ingest runs recorded in the store."),
+}
+
+
+def add_migrate_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, action: str | None = None
+) -> None:
+    """``migrate``; ``action`` (verify, rollback, runs) builds that action's parser instead, so its
+    ``--help`` describes it and lists only its options."""
+    from supa_vectors.migrate import DEFAULT_STATE_DIR, FieldMap, Retry
+    from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS
+    from supa_vectors.migrate.validation import DEFAULT_MAX_METADATA_DEPTH
+
+    action = action if action in ACTIONS else None
+    usage, description = _ACTION_HELP.get(action or "", (_USAGE, _DESCRIPTION))
+    if action in _ACTION_HELP:
+        description = textwrap.fill(description, 100)
     parser = commands.add_parser(
         "migrate",
-        help="move JSON documents into the store (and verify, rollback, runs)",
-        description=_DESCRIPTION,
-        usage=_USAGE,
+        help=GROUP_HELP["migrate"],
+        description=description,
+        usage=usage,
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="files or folders of .json/.jsonl; or an action: verify, rollback RUN_ID, runs",
-    )
+    parser.set_defaults(handler=migrate_command, parser=parser)
+    if action == "rollback":
+        parser.add_argument("paths", nargs="*", metavar="RUN_ID", help="the run to undo (see `migrate runs`)")
+        parser.add_argument("--force", action="store_true", help="also undo documents changed since the run")
+    elif action == "runs":
+        parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    else:
+        parser.add_argument(
+            "paths",
+            nargs="*",
+            metavar="PATH",
+            help="files or folders of .json/.jsonl"
+            + ("" if action else "; or an action: verify, rollback RUN_ID, runs (each has its --help)"),
+        )
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    if action in ("rollback", "runs"):
+        add_backend_arguments(parser.add_argument_group("backend"))
+        return
+
     run = parser.add_argument_group("the run")
     run.add_argument(
-        "--dry-run", action="store_true", help="validate and report what would happen; write nothing"
-    )
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="RUN_ID",
-        help="continue an interrupted run (default: the newest unfinished one)",
-    )
-    run.add_argument(
-        "--run-id", default=None, help="name the run (default: the start time plus a random suffix)"
+        "--run-id",
+        default=None,
+        help="verify: the run whose paths to check"
+        if action
+        else "name the run (default: the start time plus a random suffix)",
     )
     run.add_argument(
         "--state-dir",
@@ -106,62 +127,26 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="DIR",
         help=f"where checkpoints, backups and reports go (default {DEFAULT_STATE_DIR})",
     )
-    run.add_argument(
-        "--batch-size", type=int, default=256, metavar="N", help="documents per write (default 256)"
-    )
-    run.add_argument("--workers", type=int, default=1, metavar="N", help="embedding threads (default 1)")
-    run.add_argument("--no-backup", action="store_true", help="do not archive the source files first")
-    run.add_argument("--no-verify", action="store_true", help="skip the integrity check at the end")
-    bulk = run.add_mutually_exclusive_group()
-    bulk.add_argument(
-        "--bulk-load",
-        dest="bulk_load",
-        action="store_const",
-        const=True,
-        default=None,
-        help="drop the vector index during the load and rebuild it after (default: for 1,000+ documents "
-        "into a store holding fewer)",
-    )
-    bulk.add_argument(
-        "--no-bulk-load", dest="bulk_load", action="store_const", const=False, help="never drop the index"
-    )
-    run.add_argument(
-        "--retries",
-        type=int,
-        default=Retry().attempts,
-        metavar="N",
-        help="retries of a call that lost the database, with backoff, before the run stops "
-        "(default 6, ~25 s)",
-    )
-    run.add_argument(
-        "--quantized", action="store_true", help="embed with the int8 model (about twice as fast)"
-    )
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="rollback: also undo documents changed since the run (not ones a later run rewrote)",
-    )
-    run.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    if not action:
+        _add_run_options(run, Retry().attempts)
 
     reading = parser.add_argument_group("reading the files")
+    fields = FieldMap()
     reading.add_argument(
         "--id-field",
         action="append",
         metavar="NAME",
         help="where the id is; repeat to try several; dots reach into objects "
-        f"(default: {', '.join(FieldMap().id)}; without one, an id is derived from file and content)",
+        f"(default: {', '.join(fields.id)}; without one, an id is derived from file and content)",
     )
     reading.add_argument(
-        "--content-field", action="append", metavar="NAME", help=f"default: {', '.join(FieldMap().content)}"
+        "--content-field", action="append", metavar="NAME", help=f"default: {', '.join(fields.content)}"
     )
     reading.add_argument(
-        "--metadata-field", action="append", metavar="NAME", help=f"default: {', '.join(FieldMap().metadata)}"
+        "--metadata-field", action="append", metavar="NAME", help=f"default: {', '.join(fields.metadata)}"
     )
     reading.add_argument(
-        "--embedding-field",
-        action="append",
-        metavar="NAME",
-        help=f"default: {', '.join(FieldMap().embedding)}",
+        "--embedding-field", action="append", metavar="NAME", help=f"default: {', '.join(fields.embedding)}"
     )
     reading.add_argument(
         "--records-key",
@@ -188,14 +173,61 @@ def add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="N",
         help=f"reject metadata nested deeper (default {DEFAULT_MAX_METADATA_DEPTH})",
     )
+    add_backend_arguments(parser.add_argument_group("backend"))
 
-    backend = parser.add_argument_group("backend")
-    backend.add_argument("--database-url", metavar="URL", default=None, help="postgresql:// or https:// URL")
-    backend.add_argument("--key", default=None, help="Supabase API key, with an https:// --database-url")
-    parser.set_defaults(handler=migrate_command)
+
+def _add_run_options(run: argparse._ArgumentGroup, retries: int) -> None:
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate and report what would happen; write nothing"
+    )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_ID",
+        help="continue an interrupted run (default: the newest unfinished one)",
+    )
+    run.add_argument(
+        "--batch-size", type=int, default=256, metavar="N", help="documents per write (default 256)"
+    )
+    run.add_argument("--workers", type=int, default=1, metavar="N", help="embedding threads (default 1)")
+    run.add_argument("--no-backup", action="store_true", help="do not archive the source files first")
+    run.add_argument("--no-verify", action="store_true", help="skip the integrity check at the end")
+    bulk = run.add_mutually_exclusive_group()
+    bulk.add_argument(
+        "--bulk-load",
+        dest="bulk_load",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop the vector index during the load and rebuild it after (default: when the run "
+        "brings at least 1,000 documents and 100 times what the store holds)",
+    )
+    bulk.add_argument(
+        "--no-bulk-load", dest="bulk_load", action="store_const", const=False, help="never drop the index"
+    )
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=retries,
+        metavar="N",
+        help="retries of a call that lost the database, with backoff, before the run stops "
+        "(default 6, ~25 s)",
+    )
+    run.add_argument(
+        "--quantized", action="store_true", help="embed with the int8 model (about twice as fast)"
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="rollback: also undo documents changed since the run (not ones a later run rewrote)",
+    )
 
 
 def _fields(args: argparse.Namespace) -> FieldMap:
+    from supa_vectors.migrate import FieldMap
+
     default = FieldMap()
     return FieldMap(
         id=tuple(args.id_field or default.id),
@@ -206,13 +238,22 @@ def _fields(args: argparse.Namespace) -> FieldMap:
 
 
 def _store(args: argparse.Namespace, embedder: EmbedderLike | None) -> VectorStore:
-    if embedder is None and args.quantized:
+    if embedder is None and getattr(args, "quantized", False):
         from supa_vectors.embedding import OnnxEmbedder
 
         embedder = OnnxEmbedder(quantized=True)
-    if args.database_url:
-        return VectorStore.from_url(args.database_url, args.key, embedder=embedder)
-    return VectorStore.from_env(embedder=embedder)
+    return open_store(args, embedder, ask_anyway=True)
+
+
+def _sync_mirror(store: VectorStore) -> None:
+    """After a run that wrote, bring the offline mirror up to date, so that searches the backend cannot
+    answer find the new documents too (incremental: only what changed since the last sync)."""
+    try:
+        result = store.sync_mirror()
+    except SupaVectorsError as exc:
+        print(f"supa-vectors: note: the offline mirror was not refreshed ({exc})", file=sys.stderr)
+        return
+    print(f"mirror: {result.documents} documents, for searches while offline", file=sys.stderr)
 
 
 def migrate_command(
@@ -223,17 +264,22 @@ def migrate_command(
     progress: Progress | None = None,
 ) -> int:
     """Run the ``migrate`` group; ``embedder`` and ``progress`` replace the defaults (tests use fakes)."""
+    from supa_vectors.migrate import rollback, runs
+    from supa_vectors.migrate.report import render_rollback
+
     out = out or sys.stdout
     paths: list[str] = list(args.paths)
     action = paths[0] if paths and paths[0] in ACTIONS else None
     if action == "rollback":
         if len(paths) != 2:
-            raise InvalidInputError("usage: supa-vectors migrate rollback [--force] RUN_ID")
+            raise UsageError("rollback takes exactly one RUN_ID (see `supa-vectors migrate runs`)")
         with _store(args, embedder) as store:
             result = rollback(paths[1], store, force=args.force)
         _emit(out, args.json, result.model_dump(mode="json"), render_rollback(result))
         return result.exit_code
     if action == "runs":
+        if len(paths) != 1:
+            raise UsageError(f"`runs` takes no PATH, got {' '.join(paths[1:])}")
         with _store(args, embedder) as store:
             listed = runs(store)
         _emit(out, args.json, listed, _render_runs(listed))
@@ -250,15 +296,21 @@ def _migrate(
     out: TextIO,
     progress: Progress | None,
 ) -> int:
+    from supa_vectors.migrate import Retry, find_resumable, migrate, new_run_id, progress_for
+    from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, discover
+    from supa_vectors.migrate.report import EXIT_INTERRUPTED, render_migration
+
     if args.resume is True:
         run_id = find_resumable(args.state_dir)
         if run_id is None:
-            raise InvalidInputError(f"no unfinished run to resume in {args.state_dir}")
+            raise UsageError(f"no unfinished run to resume in {args.state_dir}")
     elif args.resume:
         run_id = str(args.resume)
     else:
         if not paths:
-            raise InvalidInputError("nothing to migrate: give one or more PATHs (see --help)")
+            raise UsageError("nothing to migrate: give one or more PATHs (see --help)")
+        if not discover(paths):
+            raise InvalidInputError(f"nothing to migrate: no .json or .jsonl files in {', '.join(paths)}")
         run_id = args.run_id or new_run_id()
     with _store(args, embedder) as store:
         try:
@@ -297,6 +349,8 @@ def _migrate(
                     file=sys.stderr,
                 )
             raise
+        if report.status == "completed":
+            _sync_mirror(store)
     if args.json:
         if report.report_path:
             out.write(Path(report.report_path).read_text(encoding="utf-8"))
@@ -308,6 +362,11 @@ def _migrate(
 
 
 def _verify(args: argparse.Namespace, paths: list[str], embedder: EmbedderLike | None, out: TextIO) -> int:
+    from supa_vectors.migrate import MigrationOptions, verify
+    from supa_vectors.migrate.checkpoint import Checkpoint
+    from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS
+    from supa_vectors.migrate.report import render_verify
+
     fields = _fields(args)
     records_keys = tuple(args.records_key or DEFAULT_RECORDS_KEYS)
     embeddings_model, mismatch = args.embeddings_model, args.embedding_mismatch
@@ -322,7 +381,7 @@ def _verify(args: argparse.Namespace, paths: list[str], embedder: EmbedderLike |
         finally:
             checkpoint.close()
         if not recorded:
-            raise InvalidInputError(f"no run {run_id} in {args.state_dir}; give the PATHs to verify")
+            raise UsageError(f"no run {run_id} in {args.state_dir}; give the PATHs to verify")
         paths = list(recorded)
         fields, records_keys = options.fields, options.records_keys
         embeddings_model, mismatch = options.embeddings_model, options.embedding_mismatch
@@ -349,7 +408,7 @@ def _newest_run(state_dir: Path) -> str:
         else []
     )
     if not names:
-        raise InvalidInputError(f"no runs in {state_dir}; give the PATHs to verify")
+        raise UsageError(f"no runs in {state_dir}; give the PATHs to verify")
     return names[-1]
 
 

@@ -321,7 +321,8 @@ def check_limits(prepared: Sequence[PreparedDocument], settings: StoreSettings) 
         if doc.content_bytes > settings.max_content_bytes:
             raise DocumentError(
                 f"document {doc.index} (id {doc.id!r}): content has {doc.content_bytes} bytes; "
-                f"the limit is {settings.max_content_bytes}",
+                f"the limit is {settings.max_content_bytes} (split the document, or raise "
+                "max_content_bytes in public.metadata_global: see Limits in the README)",
                 index=doc.index,
                 document_id=doc.id,
             )

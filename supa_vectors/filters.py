@@ -118,6 +118,25 @@ def json_type(value: Any) -> str:
     return "object"
 
 
+def comparisons(filter: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """Every ``$gt``/``$gte``/``$lt``/``$lte`` clause of a checked filter, as ``(field, op, operand)``.
+
+    Such a clause matches only values of its operand's JSON type (as jsonb orders them: a number never
+    compares with a string), which is why a filter with the wrong operand type finds nothing; the CLI
+    names these clauses when a filtered search comes back empty.
+    """
+    found: list[tuple[str, str, Any]] = []
+    for key, value in filter.items():
+        if key in ("$and", "$or"):
+            for item in value if isinstance(value, list) else []:
+                found += comparisons(item) if isinstance(item, Mapping) else []
+        elif key == "$not":
+            found += comparisons(value) if isinstance(value, Mapping) else []
+        elif isinstance(value, Mapping):
+            found += [(key, op, operand) for op, operand in value.items() if op in COMPARISON_OPERATORS]
+    return found
+
+
 @dataclass
 class _Size:
     """What the server's bounds measure: bytes of jsonb's text form, deepest level, values."""

@@ -113,6 +113,7 @@ def test_one_round_trip_per_call(clean_url: str) -> None:
         PostgresTransport(clean_url, identity=Identity.user(USER_A), min_size=1, max_size=1) as transport,
         tempfile.TemporaryFile("w+") as trace,
     ):
+        transport.rpc("count_documents", {})  # opens the pool (and connects once to check the server)
         with transport._pool.connection() as conn:
             conn.pgconn.trace(trace.fileno())
             conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)

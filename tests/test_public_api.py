@@ -118,7 +118,12 @@ def test_environment_order(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(LocalStack, "url", lambda self: "postgresql://postgres@127.0.0.1:5555/postgres")
     assert target_from_env({}) == Target("postgres", "postgresql://postgres@127.0.0.1:5555/postgres")
+    # Stopped: the URL of its last start, so a store falls back to its cache like with any outage.
     monkeypatch.setattr(LocalStack, "url", lambda self: None)
+    monkeypatch.setattr(LocalStack, "last_url", lambda self: "postgresql://postgres@127.0.0.1:5556/postgres")
+    assert target_from_env({}) == Target("postgres", "postgresql://postgres@127.0.0.1:5556/postgres")
+    # Never started: nothing to try.
+    monkeypatch.setattr(LocalStack, "last_url", lambda self: None)
     with pytest.raises(ConfigurationError, match="supa-vectors local start"):
         target_from_env({})
 

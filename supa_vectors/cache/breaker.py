@@ -8,13 +8,22 @@ a probe (*half-open*): if it succeeds the breaker closes, if it fails the breake
 
 The clock is injectable (``clock=``) so tests advance time instead of sleeping. The breaker is pure state
 and a lock: the sync and async stores share it unchanged.
+
+With ``state_file=`` what the breaker learned outlives the process: the consecutive failures and when it
+opened (wall-clock time) are written there, private (0600), whenever they change, and read back by the
+next breaker given the same file. A command-line call that found the backend down spares the next one
+its timeout. A file that is missing, unreadable or from the future counts as "closed".
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from supa_vectors.errors import (
@@ -61,6 +70,7 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         reset_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        state_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if (
             isinstance(failure_threshold, bool)
@@ -80,6 +90,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probe_started: float | None = None
         self.times_opened = 0
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._load()
 
     def __repr__(self) -> str:
         return (
@@ -127,9 +139,12 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
+            changed = self._failures != 0 or self._opened_at is not None
             self._failures = 0
             self._opened_at = None
             self._probe_started = None
+            if changed:
+                self._save()
 
     def record_failure(self) -> None:
         with self._lock:
@@ -141,6 +156,42 @@ class CircuitBreaker:
                 if self._opened_at is None or self._state(now) == "half-open":
                     self.times_opened += 1
                 self._opened_at = now
+            self._save()
+
+    # ---- persistence (state_file) ------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            data = json.loads(self.state_file.read_text("utf-8"))
+            failures = data["failures"]
+            opened = data["opened_at"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+            return
+        self._failures = failures
+        if isinstance(opened, int | float) and not isinstance(opened, bool):
+            elapsed = time.time() - opened
+            if elapsed >= 0:
+                # The monotonic clocks of two processes share no origin: carry over how long ago it opened.
+                self._opened_at = self.clock() - elapsed
+
+    def _save(self) -> None:
+        """Write the state (called under the lock); a cache that cannot be written only costs the next
+        process a timeout, so failures are ignored."""
+        if self.state_file is None:
+            return
+        opened = None if self._opened_at is None else time.time() - (self.clock() - self._opened_at)
+        text = json.dumps({"failures": self._failures, "opened_at": opened})
+        tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.{threading.get_ident()}")
+        with contextlib.suppress(OSError):
+            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, self.state_file)
 
     def record(self, error: BaseException | None) -> None:
         """Count one finished call: an outage is a failure; any answer (even an error) is a success."""

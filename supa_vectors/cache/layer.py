@@ -70,6 +70,7 @@ __all__ = [
     "ENV_CACHE_DIR",
     "CacheMode",
     "OfflineLayer",
+    "breaker_file",
     "default_cache_dir",
 ]
 
@@ -92,6 +93,12 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_cache_path("supa-vectors")
+
+
+def breaker_file(cache_dir: Path, transport: object) -> Path:
+    """Where a breaker in front of ``transport`` keeps its state: one file per backend (whether it
+    answers does not depend on who asks), named by a hash of the store label so it leaks nothing."""
+    return cache_dir / "breaker" / f"{Scope(store_label(transport), '', '', '').file_stem}.json"
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,13 @@ class OfflineLayer:
         self.ttl = float(cache_ttl)
         self.cache_size = cache_size
         self.outbox_enabled = outbox
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.directory = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
         self.store = store_label(transport)
+        if breaker is None:
+            # Its own breaker remembers across processes, next to the cache (none when the cache is off).
+            state_file = None if cache == "off" else breaker_file(self.cache_directory, transport)
+            breaker = CircuitBreaker(state_file=state_file)
+        self.breaker = breaker
         self.clock = time.time
         self.schema_version = "unknown"
         self._results: ResultsCache | None = None
@@ -242,6 +253,18 @@ class OfflineLayer:
         if found is None:
             found = self._mirrors[stem] = Mirror(self.cache_directory / "mirror" / f"{stem}.sqlite3")
         return found
+
+    def mirror_age(self) -> float | None:
+        """Seconds since the mirror was last synced; None when it never was (or the cache is off)."""
+        mirror = self.mirror()
+        if mirror is None:
+            return None
+        try:
+            synced_at = mirror.synced_at()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            mirror.report("state", exc)
+            return None
+        return None if synced_at is None else self._age(synced_at)
 
     @property
     def cache_errors(self) -> int:

@@ -403,6 +403,12 @@ class LocalStack:
         port = self._running_port()
         return _url(port) if port is not None else None
 
+    def last_url(self) -> str | None:
+        """The URL of the last start, running or not (None if never started): a client configured by
+        default can still try it, fail fast, and answer from its offline cache."""
+        port = self._read_state().get("port")
+        return _url(port) if isinstance(port, int) else None
+
     def status(self) -> StackStatus:
         """Where the stack stands; applied migrations are read from the live database."""
         pid = self._server_pid()

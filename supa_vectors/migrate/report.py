@@ -8,7 +8,7 @@ returned report object keeps the first ``MAX_PROBLEMS_IN_MEMORY`` of them and sa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -215,6 +215,16 @@ def _table(headers: list[str], rows: list[list[Any]], right: set[int]) -> list[s
     return [line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])]
 
 
+def _with_details(table: list[str], details: Sequence[str]) -> list[str]:
+    """Each row of ``table`` followed by its reason, whole, on a line of its own: a reason is what the
+    user acts on, so it is never cut to fit a column (the terminal wraps it)."""
+    head, rule, *rows = table
+    lines = [head, rule]
+    for row, detail in zip(rows, details, strict=True):
+        lines += [row, "    " + " ".join(detail.split())]
+    return lines
+
+
 def _short(text: str, width: int = 110) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -272,17 +282,11 @@ def render_migration(report: MigrationReport, *, max_files: int = 30, max_proble
         lines.append(f"fields not migrated: {fields}")
     if report.problems:
         lines += ["", f"problems ({report.problems_total:,}):"]
+        problems = report.problems[:max_problems]
         rows = [
-            [
-                p.severity,
-                p.file,
-                "-" if p.position is None else p.position,
-                p.id or "-",
-                _short(p.reason, 90),
-            ]
-            for p in report.problems[:max_problems]
+            [p.severity, p.file, "-" if p.position is None else p.position, p.id or "-"] for p in problems
         ]
-        lines += _table(["", "file", "record", "id", "reason"], rows, {2})
+        lines += _with_details(_table(["", "file", "record", "id"], rows, {2}), [p.reason for p in problems])
         if report.problems_total > max_problems:
             lines.append(f"... {report.problems_total - max_problems:,} more in the JSON report")
     if report.verify is not None:
@@ -297,9 +301,15 @@ def render_migration(report: MigrationReport, *, max_files: int = 30, max_proble
 
 
 def render_verify(report: VerifyReport, *, max_files: int = 30, max_differences: int = 30) -> str:
-    verdict = "passed" if report.ok else "FAILED"
+    # The verdict says what the exit status says: 0 passed, 3 invalid records, 4 differences.
+    if not report.ok:
+        verdict = "verify FAILED"
+    elif report.invalid:
+        verdict = "verify passed for the valid records, but the source has invalid ones (never migrated)"
+    else:
+        verdict = "verify passed"
     lines = [
-        f"verify {verdict}: {report.checked:,} records checked, {report.matched:,} match, "
+        f"{verdict}: {report.checked:,} records checked, {report.matched:,} match, "
         f"{report.missing:,} missing, {report.content_differs:,} with other content, "
         f"{report.metadata_differs:,} with other metadata, {report.invalid:,} invalid in the source"
     ]
@@ -312,8 +322,11 @@ def render_verify(report: VerifyReport, *, max_files: int = 30, max_differences:
             {1, 2, 3, 4, 5, 6},
         )
     if report.differences:
-        rows = [[d.kind, d.file, d.position, d.id, _short(d.detail, 80)] for d in report.differences]
-        lines += _table(["", "file", "record", "id", "detail"], rows[:max_differences], {2})
+        differences = report.differences[:max_differences]
+        rows = [[d.kind, d.file, d.position, d.id] for d in differences]
+        lines += _with_details(
+            _table(["", "file", "record", "id"], rows, {2}), [d.detail for d in differences]
+        )
         if report.differences_total > max_differences:
             lines.append(f"... {report.differences_total - max_differences:,} more differences")
     return "\n".join(lines)

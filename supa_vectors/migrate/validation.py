@@ -221,7 +221,8 @@ def validate(raw: RawRecord, rules: Rules) -> Validated:
             (
                 "content_too_large",
                 f"{content_name} has {content_bytes:,} bytes; the store's limit is "
-                f"{rules.settings.max_content_bytes:,} (split the document, or raise max_content_bytes)",
+                f"{rules.settings.max_content_bytes:,} (split the document, or raise max_content_bytes "
+                "in public.metadata_global: see Limits in the README)",
             )
         )
 

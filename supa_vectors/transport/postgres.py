@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -36,6 +38,7 @@ from psycopg.types.json import Json, Jsonb
 from supa_vectors.errors import (
     BackendError,
     BackendUnavailableError,
+    ConfigurationError,
     InvalidInputError,
     SupaVectorsError,
 )
@@ -153,25 +156,78 @@ def _translate(exc: Exception, timeout: float) -> SupaVectorsError:
     return BackendError(str(exc))
 
 
-def _pool_kwargs(timeout: float) -> dict[str, Any]:
+_POOL_NAME = "supa-vectors"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+class _QuietPoolFilter(logging.Filter):
+    """Drops our pools' "error connecting" warnings: the transport reports an unreachable database
+    itself (one ``BackendUnavailableError``, which the store turns into an offline answer), so the
+    pool's background retries would only repeat it on stderr every few seconds. Other pools' records,
+    and every other record of ours, pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and args[:1] == (_POOL_NAME,)
+            and record.levelno <= logging.WARNING
+            and ("error connecting" in str(record.msg) or "reconnection attempt" in str(record.msg))
+        )
+
+
+_QUIET = _QuietPoolFilter()
+logging.getLogger("psycopg.pool").addFilter(_QUIET)
+
+
+def _connect_timeout(seconds: float) -> int:
+    # libpq takes whole seconds and treats anything below 2 as 2.
+    return max(2, math.ceil(seconds))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _pool_kwargs(connect_timeout: float) -> dict[str, Any]:
     return {
         # Each call's transaction is the pipeline's implicit one, closed by its Sync.
         "autocommit": True,
         # Server-side prepared statements break behind transaction-mode poolers (Supavisor, PgBouncer),
         # and these one-line calls gain little from them.
         "prepare_threshold": None,
-        "connect_timeout": max(2, math.ceil(timeout)),
-        "application_name": "supa-vectors",
+        "connect_timeout": _connect_timeout(connect_timeout),
+        "application_name": _POOL_NAME,
     }
+
+
+def _check_timeouts(timeout: float, connect_timeout: float) -> None:
+    for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 class _Base:
     # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _rpc).
     sends_binary_vectors = True
 
-    def __init__(self, identity: Identity, timeout: float) -> None:
+    def __init__(self, url: str, identity: Identity, timeout: float, connect_timeout: float) -> None:
+        _check_timeouts(timeout, connect_timeout)
+        self._url = url
         self._identity = identity
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        # Whether a connection to the server worked since the last connection failure. Until one has,
+        # a call first connects once itself (see _probe) instead of waiting ``timeout`` for the pool.
+        self._reachable = False
+
+    def _probe_kwargs(self) -> dict[str, Any]:
+        return {**_pool_kwargs(self._connect_timeout), "application_name": f"{_POOL_NAME} probe"}
+
+    def _probe_failed(self, exc: psycopg.Error) -> SupaVectorsError:
+        if exc.sqlstate:
+            return _translate(exc, self._timeout)  # the server answered: a refused login, say
+        return BackendUnavailableError(f"the database is unreachable: {_first_line(exc)}")
 
     @property
     def identity(self) -> Identity:
@@ -186,8 +242,12 @@ class _Base:
 class PostgresTransport(_Base):
     """Blocking transport over a psycopg pool; ``url`` is a ``postgresql://`` connection string.
 
-    ``timeout`` bounds how long a call waits for a connection (a database that is down surfaces as
-    :class:`~supa_vectors.errors.BackendUnavailableError` after it).
+    ``timeout`` bounds how long a call waits for a pooled connection; ``connect_timeout`` how long
+    one connection attempt may take (libpq rounds it up to whole seconds, at least 2). A database that
+    is down surfaces as :class:`~supa_vectors.errors.BackendUnavailableError`: at once when the
+    connection is refused, after ``connect_timeout`` when the host does not answer. Until a connection
+    has worked (at first, and after the server went away) each call connects once itself rather than
+    wait for the pool's background attempts, which retry with backoff for as long as ``timeout``.
     """
 
     def __init__(
@@ -198,19 +258,34 @@ class PostgresTransport(_Base):
         min_size: int = 1,
         max_size: int = 4,
         timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        super().__init__(identity or Identity.service(), timeout)
+        super().__init__(url, identity or Identity.service(), timeout, connect_timeout)
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[DictRow]] = psycopg_pool.ConnectionPool(
             url,
             connection_class=psycopg.Connection[DictRow],
-            kwargs={**_pool_kwargs(timeout), "row_factory": dict_row},
+            kwargs={**_pool_kwargs(connect_timeout), "row_factory": dict_row},
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
             configure=_configure,
-            name="supa-vectors",
-            open=True,
+            name=_POOL_NAME,
+            # Opened by the first call: a store whose calls the breaker refuses never connects at all.
+            open=False,
         )
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        with self._open_lock:
+            if self._closed:
+                raise BackendUnavailableError("the Postgres transport is closed")
+            if not self._opened:
+                self._pool.open(wait=False)
+                self._opened = True
 
     def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         return self._run(name, params, switch_identity=True)
@@ -219,8 +294,20 @@ class PostgresTransport(_Base):
         """Call as the connecting role itself (the table owner for ``begin_bulk_load``)."""
         return self._run(name, params, switch_identity=False)
 
+    def _probe(self) -> None:
+        """Connect once in this thread: a refused connection is known in milliseconds, an unroutable
+        host after ``connect_timeout``, where the pool would wait ``timeout`` for its retries. The pool
+        connects in the background meanwhile, so a reachable server costs no extra wait."""
+        try:
+            psycopg.connect(self._url, **self._probe_kwargs()).close()
+        except psycopg.Error as exc:
+            raise self._probe_failed(exc) from exc
+
     def _run(self, name: str, params: Mapping[str, Any], *, switch_identity: bool) -> Any:
         query, values = _call(name, params)
+        self._open()
+        if not self._reachable:
+            self._probe()
         try:
             with self._pool.connection() as conn:
                 with conn.pipeline():
@@ -229,9 +316,11 @@ class PostgresTransport(_Base):
                     cursor = conn.cursor()
                     cursor.execute(query, values, binary=True)
                 rows = cursor.fetchall()
-        except psycopg.OperationalError as exc:
+            self._reachable = True
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             # The server went away: drop the idle connections it broke too, so the first call after a
             # restart does not fail on a stale one (checking on every checkout would cost a round trip).
+            self._reachable = False
             with contextlib.suppress(Exception):
                 self._pool.check()
             raise _translate(exc, self._timeout) from exc
@@ -243,7 +332,9 @@ class PostgresTransport(_Base):
         return _result(name, rows)
 
     def close(self) -> None:
-        self._pool.close()
+        with self._open_lock:
+            self._closed = True
+            self._pool.close()
 
     def __enter__(self) -> PostgresTransport:
         return self
@@ -265,18 +356,19 @@ class AsyncPostgresTransport(_Base):
         min_size: int = 1,
         max_size: int = 4,
         timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        super().__init__(identity or Identity.service(), timeout)
+        super().__init__(url, identity or Identity.service(), timeout, connect_timeout)
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = (
             psycopg_pool.AsyncConnectionPool(
                 url,
                 connection_class=psycopg.AsyncConnection[DictRow],
-                kwargs={**_pool_kwargs(timeout), "row_factory": dict_row},
+                kwargs={**_pool_kwargs(connect_timeout), "row_factory": dict_row},
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout,
                 configure=_aconfigure,
-                name="supa-vectors",
+                name=_POOL_NAME,
                 open=False,
             )
         )
@@ -300,9 +392,19 @@ class AsyncPostgresTransport(_Base):
     async def rpc_as_session_user(self, name: str, params: Mapping[str, Any]) -> Any:
         return await self._run(name, params, switch_identity=False)
 
+    async def _probe(self) -> None:
+        """See :meth:`PostgresTransport._probe`."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._url, **self._probe_kwargs())
+        except psycopg.Error as exc:
+            raise self._probe_failed(exc) from exc
+        await conn.close()
+
     async def _run(self, name: str, params: Mapping[str, Any], *, switch_identity: bool) -> Any:
         query, values = _call(name, params)
         await self._open()
+        if not self._reachable:
+            await self._probe()
         try:
             async with self._pool.connection() as conn:
                 async with conn.pipeline():
@@ -311,7 +413,9 @@ class AsyncPostgresTransport(_Base):
                     cursor = conn.cursor()
                     await cursor.execute(query, values, binary=True)
                 rows = await cursor.fetchall()
-        except psycopg.OperationalError as exc:
+            self._reachable = True
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self._reachable = False
             with contextlib.suppress(Exception):
                 await self._pool.check()
             raise _translate(exc, self._timeout) from exc
