@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import REPO_ROOT
+from bench._common import REPO_ROOT, cpu_features
 
 SECTIONS = ("embedding", "ingest", "search", "filtered", "quality", "offline", "migration", "bulkload", "cli")
 # section -> (module, function taking quick). search and filtered share one loaded store: when both
@@ -72,6 +72,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),
+        "cpu_features": cpu_features(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": [round(x, 2) for x in load],
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     print(f"# {command}")
     print(f"# {info['cpu']} ({info['cpus']} CPUs), Python {info['python']}, commit {info['commit']}")
+    print(f"# CPU features: {info['cpu_features']}")
     print(f"# load average at start: {info['load_average']}")
 
     results: dict[str, Any] = {"command": command, "machine": info, "quick": args.quick, "sections": {}}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -39,17 +38,6 @@ from bench._common import (
 
 SEARCHERS = 8
 IDLE_QUERIES = 40  # per searcher
-
-
-def _cpu_features() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in flags)
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _documents(prefix: str, vectors: F32, texts: list[str]) -> list[dict[str, Any]]:
@@ -153,10 +141,7 @@ def _load_under_search(
 def run(quick: bool) -> dict[str, float]:
     report = Report("bulkload")
     existing_rows, load_rows = (1_000, 2_000) if quick else (10_000, 20_000)
-    report.note(
-        f"{existing_rows:,} stored rows, a {load_rows:,}-row load, {SEARCHERS} searchers; "
-        f"CPU vector features: {_cpu_features()}"
-    )
+    report.note(f"{existing_rows:,} stored rows, a {load_rows:,}-row load, {SEARCHERS} searchers")
     texts = [d.content for d in load_corpus()]
     vectors = clustered(existing_rows + load_rows, seed=7)
     existing = _documents("old", vectors[:existing_rows], texts)

@@ -44,19 +44,6 @@ NEW = [
 ]
 
 
-def cpu_features() -> str:
-    """The SIMD features numpy and onnxruntime can use here (they shape the embedding's share)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni")
-                return " ".join(f for f in wanted if f in flags) or "none of sse4.2/avx*"
-    except OSError:
-        pass
-    return "unknown"
-
-
 def _timed(argv: Sequence[str], env: dict[str, str], *, expect: int = 0) -> float:
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -83,7 +70,7 @@ def run(quick: bool, *, startup_only: bool = False) -> dict[str, float]:
     """``startup_only``: skip the outage half (an older checkout waits ~60 s per search there)."""
     report = Report("cli")
     runs = 3 if quick else 9
-    report.note(f"CPU features: {cpu_features()}; {runs} runs per figure, medians")
+    report.note(f"{runs} runs per figure, medians")
     base = Path(tempfile.mkdtemp(prefix="supa-vectors-bench-cli-", dir="/tmp"))
     base.chmod(0o755)
     env = {

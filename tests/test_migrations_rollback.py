@@ -98,7 +98,11 @@ def test_upgrading_drops_history_rows_a_user_planted(database_url: str) -> None:
     url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
     try:
         apply_migrations(url, migrator="builtin")
-        assert rollback_last(url) == "20261202000600"
+        undone: list[str] = []
+        while "20261202000600" not in undone:  # the migrations after it first
+            version = rollback_last(url)
+            assert version is not None
+            undone.append(version)
         vector = "[" + ",".join(["0.05"] * 384) + "]"
         with psycopg.connect(url) as conn:
             act_as(conn, Identity.service())
@@ -121,7 +125,7 @@ def test_upgrading_drops_history_rows_a_user_planted(database_url: str) -> None:
                 (USER_B,),
             )
             conn.commit()
-        assert apply_migrations(url, migrator="builtin") == ["20261202000600"]
+        assert apply_migrations(url, migrator="builtin") == sorted(undone)
         with psycopg.connect(url) as conn:
             history = conn.execute(
                 "select h.run_id, h.external_id, h.action from public.document_history h order by 1"

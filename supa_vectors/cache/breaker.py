@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from supa_vectors.cache.private import private_dir
 from supa_vectors.errors import (
     BackendError,
     BackendUnavailableError,
@@ -186,8 +187,8 @@ class CircuitBreaker:
         opened = None if self._opened_at is None else time.time() - (self.clock() - self._opened_at)
         text = json.dumps({"failures": self._failures, "opened_at": opened})
         tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.{threading.get_ident()}")
-        with contextlib.suppress(OSError):
-            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError, ConfigurationError):
+            private_dir(self.state_file.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)

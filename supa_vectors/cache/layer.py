@@ -140,6 +140,7 @@ class OfflineLayer:
         self.outbox_enabled = outbox
         self.directory = Path(cache_dir).expanduser().absolute() if cache_dir is not None else None
         self.store = store_label(transport)
+        self._checked_directory = False
         if breaker is None:
             # Its own breaker remembers across processes, next to the cache (none when the cache is off).
             state_file = None if cache == "off" else breaker_file(self.cache_directory, transport)
@@ -151,7 +152,6 @@ class OfflineLayer:
         self._outboxes: dict[str, Outbox] = {}
         self._mirrors: dict[str, Mirror] = {}
         self._accepted: AcceptedCredentials | None = None
-        self._checked_directory = False
 
     # ---- components --------------------------------------------------------------------------------
 

@@ -88,7 +88,9 @@ def error_for_sqlstate(
         return NotFoundError(text, code=code)
     if code.startswith("08") or code in {"57P01", "57P02", "57P03", "53300"}:
         return BackendUnavailableError(text, code=code)
-    if code.startswith("22") or code.startswith("23") or code == "54000":
+    # 54000/54001: an input too large or too deeply nested for Postgres (a filter nested ~15,000 levels
+    # deep fails in the JSON parser, before any function can answer 22023).
+    if code.startswith("22") or code.startswith("23") or code in {"54000", "54001"}:
         if message.startswith("invalid filter:"):
             return FilterError(message)
         if message.startswith("document ") and detail:
