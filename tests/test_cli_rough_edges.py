@@ -199,3 +199,15 @@ def test_the_timeout_comes_from_the_environment_and_is_checked(
     args.timeout = 3.0  # --timeout wins over the environment
     with open_store(args, FakeEmbedder()) as store:
         assert store.transport._connect_timeout == 3  # type: ignore[attr-defined]
+
+
+def test_every_limit_the_store_holds_is_in_the_readme_with_its_default(clean_url: str) -> None:
+    """The README's Limits table is the one place a user learns what to raise: every setting of
+    metadata_global but the model's identity appears there, with the default the migrations set."""
+    identity = {"embedding_model", "embedding_dimension", "schema_version"}
+    with psycopg.connect(clean_url) as conn:
+        settings = dict(conn.execute("select key, value #>> '{}' from public.metadata_global").fetchall())
+    readme = (REPO_ROOT / "README.md").read_text()
+    limits = readme[readme.index("### Limits") :].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|", limits, flags=re.M))
+    assert {key: value for key, value in settings.items() if key not in identity} == rows
