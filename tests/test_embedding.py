@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from supa_vectors.embedding import MODEL_DIR_ENV, MODEL_ID, Embedder, OnnxEmbedder, install_model, models_root
 from supa_vectors.embedding import install as install_module
 from supa_vectors.embedding.graph import build_model, load_safetensors
-from supa_vectors.embedding.onnx import physical_cores
+from supa_vectors.embedding.onnx import CLIP_CHARS, encode, physical_cores
 from supa_vectors.errors import EmbeddingError, InvalidInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -490,3 +492,50 @@ def _no_env_leak() -> Iterator[None]:
     yield
     if saved is not None:
         os.environ[MODEL_DIR_ENV] = saved
+
+
+# --- long texts: only their start is tokenized ------------------------------------------------------
+
+
+class _RecordingTokenizer:
+    """The real tokenizer, noting how many characters each text handed to it had."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def encode_batch(self, texts: list[str]) -> Any:
+        self.lengths += [len(t) for t in texts]
+        return self.tokenizer.encode_batch(texts)
+
+    def encode(self, text: str) -> Any:
+        self.lengths.append(len(text))
+        return self.tokenizer.encode(text)
+
+
+_WORDS = ["espresso", "Crème", "brûlée", "不", "über-long", "x" * 120, ",", "...", "ß", "\u0301a", "42"]
+_GAPS = [" ", "  ", "\n", "\t", "\r\n", " " * 50, "\x1f", ""]
+
+
+@given(
+    pieces=st.lists(st.tuples(st.sampled_from(_WORDS), st.sampled_from(_GAPS)), min_size=1, max_size=400),
+    lead=st.sampled_from(["", " " * 40_000, "y" * 40_000]),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_long_text_gets_the_ids_of_tokenizing_it_whole(fp32: OnnxEmbedder, pieces: Any, lead: str) -> None:
+    _, tokenizer = fp32._ensure_loaded()
+    body = "".join(word + gap for word, gap in pieces)
+    text = lead + body * (CLIP_CHARS // max(len(body), 1) + 2)  # always past the clip
+    assert len(text) > CLIP_CHARS
+    assert encode(tokenizer, [text, body]) == [tokenizer.encode(text).ids, tokenizer.encode(body).ids]
+
+
+def test_a_megabyte_query_hands_the_tokenizer_its_start_only(fp32: OnnxEmbedder) -> None:
+    _, tokenizer = fp32._ensure_loaded()
+    text = "Espresso forces hot water through finely ground coffee. " * 20_000  # 1.1 MB
+    recording = _RecordingTokenizer(tokenizer)
+    ids = encode(recording, [text])  # type: ignore[arg-type]
+    assert max(recording.lengths) <= CLIP_CHARS
+    assert ids == [tokenizer.encode(text).ids]
+    vector = fp32.embed([text])
+    assert np.allclose(vector, fp32.embed([text[: CLIP_CHARS // 2]]), atol=1e-6)  # same 256 tokens
