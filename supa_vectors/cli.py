@@ -2,11 +2,12 @@
 
 Each command group registers itself in ``build_parser`` through its own ``add_<group>_parser``
 function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that the groups
-(``local``, ``search``, ``mirror``, ``migrate``, ``model``) stay independent of each other. Given the
-command line, ``build_parser`` adds only the named group's arguments and imports only its module: a
-search does not pay for the migration machinery. Every handler takes the parsed arguments and returns
-the exit code; ``main`` turns a ``UsageError`` into the usage line and exit code 2 (as argparse does),
-any other ``SupaVectorsError`` into a one-line message on stderr and exit code 1.
+(``local``, ``search``, ``mirror``, ``migrate``, ``schema``, ``model``) stay independent of each
+other. Given the command line, ``build_parser`` adds only the named group's arguments and imports
+only its module: a search does not pay for the migration machinery. Every handler takes the parsed
+arguments and returns the exit code; ``main`` turns a ``UsageError`` into the usage line and exit
+code 2 (as argparse does), any other ``SupaVectorsError`` into a one-line message on stderr and exit
+code 1.
 
 Machine-readable output goes to stdout (``local start`` and ``local url`` print only the URL, so
 ``export DATABASE_URL=$(supa-vectors local start)`` works); progress notes go to stderr.
@@ -47,6 +48,12 @@ def _mirror_group(commands: Commands, argv: Sequence[str]) -> None:
     add_mirror_parser(commands)
 
 
+def _schema_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors._cli_schema import add_schema_parser
+
+    add_schema_parser(commands)
+
+
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
     from supa_vectors._cli_migrate import add_migrate_parser
 
@@ -60,6 +67,7 @@ _GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
     ("search", "search the store by meaning (or by meaning and words, with --hybrid)", _search_group),
     ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
     ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
+    ("schema", "the database's migrations: what is applied, and rolling back to a release", _schema_group),
     (
         "model",
         "the local embedding model (all-MiniLM-L6-v2 on onnxruntime)",

@@ -6,7 +6,9 @@ both appliers: the real Supabase CLI and our own.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,7 +16,15 @@ import psycopg
 import pytest
 from psycopg.types.json import Json
 
-from supa_vectors.local import applied_versions, apply_migrations, find_migrations_dir, rollback_last
+from supa_vectors.errors import LocalStackError
+from supa_vectors.local import (
+    applied_versions,
+    apply_migrations,
+    find_migrations_dir,
+    rollback_last,
+    rollback_to,
+)
+from supa_vectors.local.migrations import find_rollbacks_dir
 from supa_vectors.transport.identity import Identity
 from tests.conftest import USER_B, act_as
 
@@ -131,6 +141,35 @@ def test_upgrading_drops_history_rows_a_user_planted(database_url: str) -> None:
                 "select h.run_id, h.external_id, h.action from public.document_history h order by 1"
             ).fetchall()
         assert history == [("svc-old", "handbook", "inserted"), ("svc-run", "guide", "inserted")]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+
+def test_rollback_to_checks_every_file_before_undoing_anything(database_url: str, tmp_path: Path) -> None:
+    """A release whose rollback files are incomplete is refused whole, not rolled back halfway."""
+    name = "rollback_to_checks"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+        conn.execute(f"create database {name}")
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    try:
+        versions = apply_migrations(url, migrator="builtin")
+        shipped = find_rollbacks_dir(find_migrations_dir())
+        partial = tmp_path / "rollbacks"
+        partial.mkdir()
+        for path in sorted(shipped.glob("*.sql"))[:-2] + sorted(shipped.glob("*.sql"))[-1:]:
+            shutil.copy(path, partial)  # all but the second newest
+        with pytest.raises(LocalStackError, match=versions[-2]):
+            rollback_to(url, versions[-3], rollbacks_dir=partial)
+        assert applied_versions(url) == versions
+        with pytest.raises(LocalStackError, match="not applied"):
+            rollback_to(url, "19990101000000")
+        assert rollback_to(url, versions[-3], dry_run=True) == [versions[-1], versions[-2]]
+        assert applied_versions(url) == versions
+        assert rollback_to(url, versions[-3]) == [versions[-1], versions[-2]]
+        assert applied_versions(url) == versions[:-2]
+        assert rollback_to(url, versions[-3]) == []
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"drop database if exists {name} with (force)")

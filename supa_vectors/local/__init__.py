@@ -22,6 +22,7 @@ from supa_vectors.local.migrations import (
     find_migrations_dir,
     find_supabase_cli,
     rollback_last,
+    rollback_to,
     split_statements,
 )
 from supa_vectors.local.server import LocalStack, StackStatus, default_base_dir
@@ -37,6 +38,7 @@ __all__ = [
     "find_supabase_cli",
     "install_pgtap",
     "rollback_last",
+    "rollback_to",
     "split_statements",
 ]
 

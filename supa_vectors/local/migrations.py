@@ -678,3 +678,47 @@ def rollback_last(
     except psycopg.Error as exc:
         raise LocalStackError(f"rolling back failed: {_one_line(exc)}") from exc
     return version
+
+
+def rollback_to(
+    url: str,
+    version: str,
+    migrations_dir: str | os.PathLike[str] | None = None,
+    *,
+    rollbacks_dir: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Undo, newest first, every applied migration newer than ``version`` (``"0"``: all of them);
+    returns the versions undone, or with ``dry_run`` the ones that would be.
+
+    Hosted Supabase has no down-migrations (``supabase db push`` only goes forward), so a release is
+    rolled back with the files in ``supabase/rollbacks/``. Every rollback file is checked to exist
+    before anything is undone; each then commits with its ``schema_migrations`` row, so a rollback
+    that is interrupted or fails stops at a version boundary and, run again, continues from there.
+    """
+    directory = (
+        Path(rollbacks_dir) if rollbacks_dir else find_rollbacks_dir(find_migrations_dir(migrations_dir))
+    )
+    applied = applied_versions(url)
+    if version != "0" and version not in applied:
+        recent = ", ".join(applied[-3:]) or "none"
+        raise LocalStackError(f"migration {version} is not applied to this database (the newest: {recent})")
+    newer = [v for v in reversed(applied) if v > version]
+    available = {m.version for m in list_local_migrations(directory)}
+    missing = [v for v in newer if v not in available]
+    if missing:
+        raise LocalStackError(
+            f"no rollback file in {directory} for {', '.join(missing)}; nothing was rolled back"
+        )
+    if dry_run:
+        return newer
+    undone: list[str] = []
+    for expected in newer:
+        got = rollback_last(url, rollbacks_dir=directory)
+        if got != expected:  # someone else migrated meanwhile: stop at a boundary, say where
+            raise LocalStackError(
+                f"rolled back {', '.join(undone) or 'nothing'}, then found {got} instead of {expected} "
+                "as the newest migration; stopped"
+            )
+        undone.append(expected)
+    return undone
