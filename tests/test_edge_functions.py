@@ -549,3 +549,40 @@ def test_sqlstate_table_mirrors_the_sdk() -> None:
         assert (status < 500) == (
             name in {"InvalidInputError", "FilterError", "DocumentError", "AuthError"}
         ), sqlstate
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's curl example, as written
+
+
+def readme_curl_example() -> str:
+    section = (REPO_ROOT / "README.md").read_text().split("## The HTTP API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    curl = [b for b in blocks if b.startswith("curl")]
+    assert curl, "README's HTTP API section has no curl example"
+    return curl[0]
+
+
+def test_readme_curl_example_runs(edge: httpx.Client, clean_url: str) -> None:
+    alice = user_token(USER_A)
+    docs = [
+        {"id": "cold-brew", "content": "Cold brew steeps coarse coffee in cold water", "embedding": vec(1)},
+        {"id": "espresso", "content": "Espresso forces hot water through fine coffee", "embedding": vec(2)},
+    ]
+    assert upsert(edge, alice, docs).status_code == 200
+    env = {**os.environ, "VECTORS_URL": str(edge.base_url).rstrip("/"), "TOKEN": alice}
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_curl_example()],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    decoder, bodies, at = json.JSONDecoder(), [], 0
+    while at < len(out.rstrip()):
+        body, at = decoder.raw_decode(out, at)
+        bodies.append(body)
+        at += len(out[at:]) - len(out[at:].lstrip())
+    search, page = bodies
+    assert [r["id"] for r in search["results"]] == ["cold-brew"]
+    assert [d["id"] for d in page["documents"]] == ["cold-brew", "espresso"]
