@@ -16,6 +16,8 @@ import { ApiError } from "./errors.ts";
 import {
   DeleteResponse,
   DocumentsResponse,
+  EmbedRequest,
+  EmbedResponse,
   ErrorBody,
   HealthResponse,
   IdsRequest,
@@ -34,6 +36,8 @@ export const API_VERSION = "1.0.0";
 
 /** Text -> the store's model's vector. None is configured by default: see docs/decisions/0017. */
 export interface Embedder {
+  /** The store's embedding_model this reproduces; a store of another model refuses its vectors. */
+  modelId: string;
   embed(text: string): Promise<number[]>;
 }
 
@@ -120,6 +124,18 @@ const routes = {
     request: { query: ListQuery },
     responses: { 200: json(ListResponse, "A page"), ...errors },
   }),
+  embed: createRoute({
+    method: "post",
+    path: "/embed",
+    summary: "Texts embedded at the edge with the store's model (signed-in callers; 501 when not configured)",
+    security,
+    request: jsonBody(EmbedRequest),
+    responses: {
+      200: json(EmbedResponse, "The vectors"),
+      ...errors,
+      501: json(ErrorBody, "No embedder at the edge: embed with the Python SDK"),
+    },
+  }),
   delete: createRoute({
     method: "post",
     path: "/documents/delete",
@@ -158,6 +174,39 @@ function parseFilter(text: string | undefined): Record<string, unknown> {
 
 function iso(value: unknown): string | null {
   return value instanceof Date ? value.toISOString() : value == null ? null : String(value);
+}
+
+function notConfigured(): ApiError {
+  return new ApiError(
+    501,
+    "embedding_not_configured",
+    "this deployment does not embed text at the edge (EMBEDDING_MODEL_URL is unset): send `vector` " +
+      "(sentence-transformers/all-MiniLM-L6-v2, e.g. from the Python SDK) alone or with `query` for hybrid " +
+      'search, or search the text alone with "mode": "full_text"',
+    "vector",
+  );
+}
+
+/** bulk_upsert refused a document for want of a vector (DETAIL names it: field documents[i]). */
+function needsEmbedding(error: unknown): error is ApiError {
+  return error instanceof ApiError && /no embedding/.test(error.message) &&
+    !!error.field?.startsWith("documents[");
+}
+
+/** A bulk_upsert refusal, naming the field the caller can fix. */
+function upsertError(error: unknown): unknown {
+  if (needsEmbedding(error)) {
+    return new ApiError(
+      400,
+      "document_error",
+      `${error.message}: send its embedding`,
+      `${error.field}.embedding`,
+    );
+  }
+  if (error instanceof ApiError && error.field === "vector") {
+    return new ApiError(400, error.code, error.message, "documents"); // the vector[] cast fails as a whole
+  }
+  return error;
 }
 
 /** A match_documents or hybrid_search row as a SearchResult (the SDK's SearchResult / HybridSearchResult). */
@@ -208,6 +257,21 @@ export function createApp(deps: Deps): Hono {
 
   // A json/jsonb parameter: postgres.js serializes it once (a JSON string would be encoded twice).
   const asJson = (value: unknown) => deps.sql.json(value as postgres.JSONValue);
+  const embed = async (texts: readonly string[]): Promise<number[][]> => {
+    if (!deps.embedder) throw notConfigured();
+    const out: number[][] = [];
+    try {
+      for (const text of texts) out.push(await deps.embedder.embed(text));
+    } catch (error) {
+      console.error("embedding failed:", error instanceof Error ? error.message : typeof error);
+      throw new ApiError(
+        503,
+        "embedding_unavailable",
+        "the edge embedder failed to load or run; send vectors",
+      );
+    }
+    return out;
+  };
   const run = <T>(caller: Caller, work: (tx: Tx) => Promise<T>) => asCaller(deps.sql, caller, work, deps.db);
 
   api.use("*", async (c, next) => {
@@ -276,17 +340,7 @@ export function createApp(deps: Deps): Hono {
       if (body.query === undefined) {
         throw new ApiError(400, "invalid_input", "send a vector, query text, or both", "vector");
       }
-      if (!deps.embedder) {
-        throw new ApiError(
-          501,
-          "embedding_not_configured",
-          "this deployment does not embed text at the edge: send `vector` (embedded with " +
-            "sentence-transformers/all-MiniLM-L6-v2, e.g. by the Python SDK) alone or with `query` for hybrid " +
-            'search, or search the text alone with "mode": "full_text"',
-          "vector",
-        );
-      }
-      vector = await deps.embedder.embed(body.query);
+      [vector] = await embed([body.query]);
     }
     const caller = c.get("caller");
     const filter = asJson(body.filter);
@@ -351,27 +405,25 @@ export function createApp(deps: Deps): Hono {
     const payload = asJson(
       documents.map((d, i) => ({ external_id: ids[i], content: d.content, metadata: d.metadata })),
     );
-    const vectors = documents.some((d) => d.embedding)
-      ? vectorArrayLiteral(documents.map((d) => d.embedding ?? null))
-      : null;
-    const rows = await run(c.get("caller"), (tx) =>
-      tx`select ordinal, status from public.bulk_upsert(
-           documents => ${payload}::json, embeddings => ${vectors}::extensions.vector[])`).catch((error) => {
-        if (
-          error instanceof ApiError && /no embedding/.test(error.message) &&
-          error.field?.startsWith("documents[")
-        ) {
-          error = new ApiError(
-            400,
-            "document_error",
-            `${error.message}: send its embedding`,
-            `${error.field}.embedding`,
-          );
-        } else if (error instanceof ApiError && error.field === "vector") {
-          error = new ApiError(400, error.code, error.message, "documents"); // the vector[] cast fails as a whole
-        }
-        throw error;
-      });
+    const write = (embeddings: (number[] | null)[]) => {
+      const vectors = embeddings.some((v) => v) ? vectorArrayLiteral(embeddings) : null;
+      return run(c.get("caller"), (tx) =>
+        tx`select ordinal, status from public.bulk_upsert(
+             documents => ${payload}::json, embeddings => ${vectors}::extensions.vector[])`);
+    };
+    const given = documents.map((d) => d.embedding ?? null);
+    let rows;
+    try {
+      rows = await write(given);
+    } catch (error) {
+      if (!deps.embedder || !needsEmbedding(error)) throw upsertError(error);
+      // New or changed content without a vector: embed every document that brought none and write again
+      // (the refused call rolled back). A batch of unchanged content never reaches the model.
+      const lacking = documents.flatMap((d, i) => d.embedding ? [] : [i]);
+      const made = await embed(lacking.map((i) => documents[i].content));
+      lacking.forEach((i, n) => given[i] = made[n]);
+      rows = await write(given).catch((retry) => Promise.reject(upsertError(retry)));
+    }
     const byOrdinal = new Map(rows.map((r) => [Number(r.ordinal), r.status as string]));
     return c.json({ results: ids.map((id, i) => ({ id, status: byOrdinal.get(i + 1) ?? "unknown" })) }, 200);
   });
@@ -416,6 +468,14 @@ export function createApp(deps: Deps): Hono {
       (tx) => tx`select external_id from public.delete_documents(external_ids => ${ids}::text[])`,
     );
     return c.json({ deleted: rows.map((r) => r.external_id as string) }, 200);
+  });
+
+  api.openapi(routes.embed, async (c) => {
+    const { texts } = c.req.valid("json");
+    // The model is the costliest thing here: only callers who may use the store may run it.
+    if (c.get("caller").role === "anon") throw new ApiError(403, "forbidden", "anon may not embed text");
+    const vectors = await embed(texts);
+    return c.json({ model: deps.embedder!.modelId, vectors }, 200);
   });
 
   api.doc31("/openapi.json", openApiConfig);

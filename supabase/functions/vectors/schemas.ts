@@ -153,3 +153,19 @@ export const HealthResponse = z.object({
   role: z.string().openapi({ description: "The role the caller's token acts as" }),
   embedding: z.boolean().openapi({ description: "Whether query text can be embedded here" }),
 }).openapi("HealthResponse");
+
+export const MAX_EMBED_TEXTS = 32;
+
+export const EmbedRequest = z.strictObject({
+  texts: z.array(
+    z.string().min(1).max(MAX_QUERY_CHARS).refine((t) => t.trim() !== "", "text must not be blank")
+      .refine(wellFormed, TEXT_RULE),
+  ).min(1).max(MAX_EMBED_TEXTS),
+}).openapi("EmbedRequest");
+
+export const EmbedResponse = z.object({
+  model: z.string().openapi({ example: "sentence-transformers/all-MiniLM-L6-v2" }),
+  vectors: z.array(z.array(z.number())).openapi({
+    description: "One vector per text, in order (as the SDK's)",
+  }),
+}).openapi("EmbedResponse");
