@@ -7,6 +7,7 @@ so ``deno run index.ts`` serves exactly the code ``supabase functions deploy`` s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,10 +26,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from supa_vectors import VectorStore
+from supa_vectors.embedding.install import installed_model
+from supa_vectors.embedding.onnx import OnnxEmbedder
 from supa_vectors.transport.base import error_for_sqlstate
 from supa_vectors.transport.identity import Identity
 from supa_vectors.transport.postgres import PostgresTransport
-from tests.conftest import DIM, REPO_ROOT, USER_A, USER_B, FakeEmbedder
+from tests.conftest import CORPUS, DIM, REPO_ROOT, USER_A, USER_B, FakeEmbedder
 
 FUNCTION_DIR = REPO_ROOT / "supabase" / "functions" / "vectors"
 OPENAPI = REPO_ROOT / "docs" / "openapi.json"
@@ -66,9 +69,9 @@ ANON = token({"role": "anon"})
 SERVICE = token({"role": "service_role"})
 
 
-@pytest.fixture(scope="module")
-def edge(database_url: str) -> Iterator[httpx.Client]:
-    """The function served by Deno on a free port (it prints the port it listens on)."""
+@contextlib.contextmanager
+def serve_function(database_url: str, **env: str) -> Iterator[httpx.Client]:
+    """The function served by Deno on a free port (it prints where it listens; no polling)."""
     env = {
         **os.environ,
         "SUPABASE_DB_URL": database_url,
@@ -76,6 +79,7 @@ def edge(database_url: str) -> Iterator[httpx.Client]:
         "JWT_JWKS": json.dumps({"keys": [public_jwk(EC_KEY, "key-1")]}),
         "PORT": "0",
         "NO_COLOR": "1",
+        **env,
     }
     proc = subprocess.Popen(
         [deno(), "run", "--frozen", "--allow-net", "--allow-env", "--allow-read", "index.ts"],
@@ -94,11 +98,17 @@ def edge(database_url: str) -> Iterator[httpx.Client]:
     else:
         pytest.fail("deno exited before listening:\n" + "".join(lines))
     try:
-        with httpx.Client(base_url=match.group(1) + "/vectors", timeout=30) as client:
+        with httpx.Client(base_url=match.group(1) + "/vectors", timeout=60) as client:
             yield client
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def edge(database_url: str) -> Iterator[httpx.Client]:
+    with serve_function(database_url) as client:
+        yield client
 
 
 def auth(bearer: str) -> dict[str, str]:
@@ -586,3 +596,86 @@ def test_readme_curl_example_runs(edge: httpx.Client, clean_url: str) -> None:
     search, page = bodies
     assert [r["id"] for r in search["results"]] == ["cold-brew"]
     assert [d["id"] for d in page["documents"]] == ["cold-brew", "espresso"]
+
+
+# --------------------------------------------------------------------------------------------------
+# text embedded at the edge (EMBEDDING_MODEL_URL): the SDK's graph, the SDK's vectors
+
+
+@pytest.fixture(scope="module")
+def sdk_embedder() -> OnnxEmbedder:
+    embedder = OnnxEmbedder()
+    embedder.load()  # installs the model when missing (one time)
+    return embedder
+
+
+@pytest.fixture(scope="module")
+def edge_embedding(database_url: str, sdk_embedder: OnnxEmbedder) -> Iterator[httpx.Client]:
+    model = installed_model(quantized=False)
+    assert model is not None
+    with serve_function(database_url, EMBEDDING_MODEL_URL=model.directory.as_uri() + "/") as client:
+        yield client
+
+
+def corpus_texts() -> list[str]:
+    queries = [
+        json.loads(line)["query"]
+        for line in (CORPUS / "postgres-docs" / "queries.jsonl").open()
+        if line.strip()
+    ]
+    # Whole sections too: most run past 256 tokens, so truncation must match as well.
+    sections = json.loads((CORPUS / "postgres-docs" / "documents" / "amcheck.json").read_text())
+    return queries + [s["content"] for s in sections[:8]]
+
+
+def test_edge_vectors_match_the_sdks(edge_embedding: httpx.Client, sdk_embedder: OnnxEmbedder) -> None:
+    texts = corpus_texts()
+    alice = user_token(USER_A)
+    got: list[list[float]] = []
+    for start in range(0, len(texts), 32):
+        response = edge_embedding.post(
+            "/embed", headers=auth(alice), json={"texts": texts[start : start + 32]}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == sdk_embedder.model_id
+        got.extend(response.json()["vectors"])
+    edge_vectors = np.asarray(got, dtype=np.float64)
+    sdk_vectors = sdk_embedder.embed(texts).astype(np.float64)
+    cosines = (edge_vectors * sdk_vectors).sum(axis=1) / (
+        np.linalg.norm(edge_vectors, axis=1) * np.linalg.norm(sdk_vectors, axis=1)
+    )
+    assert len(texts) > 411
+    assert cosines.min() >= 0.9999, (cosines.min(), texts[int(cosines.argmin())][:80])
+
+
+def test_text_queries_and_vectorless_upserts_embed_at_the_edge(
+    edge_embedding: httpx.Client, clean_url: str, sdk_embedder: OnnxEmbedder
+) -> None:
+    alice = user_token(USER_A)
+    docs = [
+        {"id": "cold-brew", "content": "Cold brew steeps coarse coffee in cold water for hours"},
+        {"id": "espresso", "content": "Espresso forces hot water through finely ground coffee"},
+        {"id": "tea", "content": "Green tea is steeped briefly at a low temperature"},
+    ]
+    assert [r["status"] for r in upsert(edge_embedding, alice, docs).json()["results"]] == ["inserted"] * 3
+    with VectorStore(
+        PostgresTransport(clean_url, identity=Identity.user(USER_A)), embedder=sdk_embedder
+    ) as store:
+        sdk = store.search("iced coffee", k=3)
+    http = edge_embedding.post("/search", headers=auth(alice), json={"query": "iced coffee", "k": 3}).json()
+    assert http["mode"] == "semantic"
+    assert [r["id"] for r in http["results"]] == [r.id for r in sdk]
+    assert np.allclose(
+        [r["similarity"] for r in http["results"]], [r.similarity for r in sdk], atol=1e-5, rtol=0
+    )
+    health = edge_embedding.get("/health", headers=auth(alice)).json()
+    assert health["embedding"] is True
+    assert (
+        error_of(edge_embedding.post("/embed", headers=auth(ANON), json={"texts": ["x"]}), 403)["code"]
+        == "forbidden"
+    )
+
+
+def test_embed_without_an_edge_model_is_a_501(edge: httpx.Client) -> None:
+    response = edge.post("/embed", headers=auth(user_token(USER_A)), json={"texts": ["x"]})
+    assert error_of(response, 501)["code"] == "embedding_not_configured"
