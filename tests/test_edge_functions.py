@@ -679,3 +679,37 @@ def test_text_queries_and_vectorless_upserts_embed_at_the_edge(
 def test_embed_without_an_edge_model_is_a_501(edge: httpx.Client) -> None:
     response = edge.post("/embed", headers=auth(user_token(USER_A)), json={"texts": ["x"]})
     assert error_of(response, 501)["code"] == "embedding_not_configured"
+
+
+# --------------------------------------------------------------------------------------------------
+# a real supabase-js client
+
+
+def test_supabase_js_functions_invoke_with_a_users_token(edge: httpx.Client, clean_url: str) -> None:
+    alice = user_token(USER_A)
+    docs = [{"id": "cold-brew", "content": "Cold brew steeps coffee in cold water", "embedding": vec(1)}]
+    assert upsert(edge, alice, docs).status_code == 200
+    # supabase-js calls <url>/functions/v1/vectors/...; the function answers on that path as well.
+    base = str(edge.base_url).removesuffix("/").removesuffix("/vectors")
+    result = subprocess.run(
+        [
+            deno(),
+            "run",
+            "--frozen",
+            "--allow-net",
+            "--allow-env",
+            "--config",
+            str(FUNCTION_DIR / "deno.json"),
+            str(REPO_ROOT / "tests" / "edge" / "supabase_js_invoke.ts"),
+            base,
+            ANON,
+            alice,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["searchError"] is None
+    assert [r["id"] for r in out["search"]["results"]] == ["cold-brew"]
+    assert out["anonStatus"] == 403

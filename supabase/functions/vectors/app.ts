@@ -275,7 +275,7 @@ export function createApp(deps: Deps): Hono {
   const run = <T>(caller: Caller, work: (tx: Tx) => Promise<T>) => asCaller(deps.sql, caller, work, deps.db);
 
   api.use("*", async (c, next) => {
-    if (c.req.path === `${BASE_PATH}/openapi.json`) return await next();
+    if (c.req.path.endsWith(`${BASE_PATH}/openapi.json`)) return await next();
     c.set("caller", await verifyCaller(bearerToken(c.req.header("authorization")), deps.auth));
     await next();
   });
@@ -482,6 +482,8 @@ export function createApp(deps: Deps): Hono {
 
   const root = new Hono();
   root.route(BASE_PATH, api);
+  // The gateway's path too, so supabase-js pointed straight at a `deno run` of this function works.
+  root.route(`/functions/v1${BASE_PATH}`, api);
   root.notFound((c) =>
     c.json(new ApiError(404, "not_found", `no route ${c.req.method} ${c.req.path}`).body(), 404)
   );
