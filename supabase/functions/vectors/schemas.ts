@@ -15,7 +15,10 @@ export const MAX_IDS = 500; // the SDK's ids per get/delete call (the RPCs take 
 export const MAX_ROWS = 1000;
 export const MAX_ID_LENGTH = 512;
 export const MAX_QUERY_CHARS = 10_000;
-export const MAX_VECTOR_DIMENSIONS = 2000;
+/** The store's vectors: all-MiniLM-L6-v2's 384 floats (the RPCs take extensions.vector(384)). */
+export const DIMENSIONS = 384;
+/** A filter in a query string: URLs beyond ~8 kB are refused by servers and proxies before any code runs. */
+export const MAX_QUERY_FILTER_CHARS = 4000;
 
 const wellFormed = (s: string) => s.isWellFormed() && !s.includes("\u0000");
 const TEXT_RULE = "must not contain NUL characters or lone surrogates";
@@ -23,7 +26,7 @@ const TEXT_RULE = "must not contain NUL characters or lone surrogates";
 export const Id = z.string().min(1).max(MAX_ID_LENGTH).refine(wellFormed, TEXT_RULE)
   .openapi({ description: "The caller's document id (external_id)", example: "doc-1" });
 
-export const Vector = z.array(z.number()).min(1).max(MAX_VECTOR_DIMENSIONS)
+export const Vector = z.array(z.number()).length(DIMENSIONS)
   .refine((v) => v.some((x) => x !== 0), "the vector is all zeros; cosine similarity is undefined for it")
   .openapi({
     description: "The store's model's vector (384 floats for all-MiniLM-L6-v2), finite, not all 0",
@@ -121,7 +124,8 @@ export const DocumentsResponse = z.object({ documents: z.array(StoredDocument) }
 export const ListQuery = z.object({
   page_size: z.coerce.number().int().min(1).max(MAX_ROWS).default(100),
   cursor: z.string().regex(/^\d{1,18}$/, "cursor must be a next_cursor this API returned").optional(),
-  filter: z.string().max(100_000).optional().openapi({ description: "A filter object as JSON text" }),
+  filter: z.string().max(MAX_QUERY_FILTER_CHARS).optional()
+    .openapi({ description: `A filter object as JSON text (at most ${MAX_QUERY_FILTER_CHARS} characters)` }),
 });
 
 export const ListResponse = z.object({
