@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -485,6 +486,31 @@ def test_bodies_over_the_limit_are_413(edge: httpx.Client, clean_url: str) -> No
 
 def test_unknown_routes_are_404_json(edge: httpx.Client) -> None:
     assert error_of(edge.get("/nowhere", headers=auth(SERVICE)), 404)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/search", "POST"), ("DELETE", "/documents", "POST, GET"), ("PUT", "/health", "GET")],
+)
+def test_other_methods_on_a_documented_path_are_405(
+    edge: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    response = edge.request(method, path, headers=auth(SERVICE))
+    assert error_of(response, 405)["code"] == "method_not_allowed"
+    assert response.headers["allow"] == allow
+
+
+def test_an_unreachable_database_is_a_503_without_its_address(database_url: str) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"postgresql://postgres:s3cret@127.0.0.1:{port}/postgres"
+    with serve_function(down) as client:
+        response = client.post("/search", headers=auth(user_token(USER_A)), json={"vector": vec(1)})
+    error = error_of(response, 503)
+    assert error["code"] == "backend_unavailable"
+    assert str(port) not in error["message"]
+    assert "s3cret" not in response.text
 
 
 def test_health_and_stats(edge: httpx.Client, clean_url: str) -> None:

@@ -480,6 +480,22 @@ export function createApp(deps: Deps): Hono {
 
   api.doc31("/openapi.json", openApiConfig);
 
+  // A documented path with another method: 405 naming the allowed ones (not a 404 that hides the path).
+  const methods = new Map<string, string[]>([["/openapi.json", ["GET"]]]);
+  for (const route of Object.values(routes)) {
+    methods.set(route.path, [...(methods.get(route.path) ?? []), route.method.toUpperCase()]);
+  }
+  for (const [path, allowed] of methods) {
+    api.all(path, (c) => {
+      const error = new ApiError(
+        405,
+        "method_not_allowed",
+        `${c.req.method} ${path}: use ${allowed.join(" or ")}`,
+      );
+      return c.json(error.body(), 405, { Allow: allowed.join(", ") });
+    });
+  }
+
   const root = new Hono();
   root.route(BASE_PATH, api);
   // The gateway's path too, so supabase-js pointed straight at a `deno run` of this function works.
