@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.http import deno, serve
 from supa_vectors import VectorStore
 from supa_vectors.embedding.install import installed_model
 from supa_vectors.embedding.onnx import OnnxEmbedder
@@ -39,12 +39,6 @@ OPENAPI = REPO_ROOT / "docs" / "openapi.json"
 SECRET = "edge-test-secret-of-at-least-thirty-two-characters"
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def deno() -> str:
-    found = shutil.which("deno") or str(Path(sys.executable).with_name("deno"))
-    assert Path(found).exists(), "deno is a dev dependency: run scripts/setup --dev"
-    return found
 
 
 def public_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
@@ -72,38 +66,13 @@ SERVICE = token({"role": "service_role"})
 
 @contextlib.contextmanager
 def serve_function(database_url: str, **env: str) -> Iterator[httpx.Client]:
-    """The function served by Deno on a free port (it prints where it listens; no polling)."""
-    env = {
-        **os.environ,
-        "SUPABASE_DB_URL": database_url,
-        "JWT_SECRET": SECRET,
-        "JWT_JWKS": json.dumps({"keys": [public_jwk(EC_KEY, "key-1")]}),
-        "PORT": "0",
-        "NO_COLOR": "1",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [deno(), "run", "--frozen", "--allow-net", "--allow-env", "--allow-read", "index.ts"],
-        cwd=FUNCTION_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:  # blocks until Deno says where it listens (or exits)
-        lines.append(line)
-        if match := re.search(r"on (http://\S+)/vectors", line):
-            break
-    else:
-        pytest.fail("deno exited before listening:\n" + "".join(lines))
-    try:
-        with httpx.Client(base_url=match.group(1) + "/vectors", timeout=60) as client:
-            yield client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """The function under Deno on a free port (bench.http.serve), with this file's signing keys."""
+    keys = json.dumps({"keys": [public_jwk(EC_KEY, "key-1")]})
+    with (
+        serve(database_url, JWT_SECRET=SECRET, JWT_JWKS=keys, **env) as base,
+        httpx.Client(base_url=base, timeout=60) as client,
+    ):
+        yield client
 
 
 @pytest.fixture(scope="module")
