@@ -36,7 +36,7 @@ export const API_VERSION = "1.0.0";
 
 /** Text -> the store's model's vector. None is configured by default: see docs/decisions/0017. */
 export interface Embedder {
-  /** The store's embedding_model this reproduces; a store of another model refuses its vectors. */
+  /** The model this reproduces, as the store names it (its embedding_model): /embed reports it. */
   modelId: string;
   embed(text: string): Promise<number[]>;
 }
