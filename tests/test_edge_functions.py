@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -718,31 +718,40 @@ def test_embed_without_an_edge_model_is_a_501(edge: httpx.Client) -> None:
 # a real supabase-js client
 
 
-def test_supabase_js_functions_invoke_with_a_users_token(edge: httpx.Client, clean_url: str) -> None:
-    alice = user_token(USER_A)
-    docs = [{"id": "cold-brew", "content": "Cold brew steeps coffee in cold water", "embedding": vec(1)}]
-    assert upsert(edge, alice, docs).status_code == 200
+COLD_BREW = {"id": "cold-brew", "content": "Cold brew steeps coffee in cold water", "embedding": vec(1)}
+
+
+def supabase_js(edge: httpx.Client, script: Path, user_bearer: str) -> dict[str, Any]:
+    """Run a Deno script (supabase-js from the function's lockfile) with the gateway URL, the anon key
+    and a user's token; its last line of output is JSON."""
     # supabase-js calls <url>/functions/v1/vectors/...; the function answers on that path as well.
     base = str(edge.base_url).removesuffix("/").removesuffix("/vectors")
-    result = subprocess.run(
-        [
-            deno(),
-            "run",
-            "--frozen",
-            "--allow-net",
-            "--allow-env",
-            "--config",
-            str(FUNCTION_DIR / "deno.json"),
-            str(REPO_ROOT / "tests" / "edge" / "supabase_js_invoke.ts"),
-            base,
-            ANON,
-            alice,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    config = str(FUNCTION_DIR / "deno.json")
+    argv = [deno(), "run", "--frozen", "--allow-net", "--allow-env", "--config", config, str(script)]
+    result = subprocess.run([*argv, base, ANON, user_bearer], capture_output=True, text=True, check=True)
+    return cast(dict[str, Any], json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_supabase_js_functions_invoke_with_a_users_token(edge: httpx.Client, clean_url: str) -> None:
+    alice = user_token(USER_A)
+    assert upsert(edge, alice, [COLD_BREW]).status_code == 200
+    out = supabase_js(edge, REPO_ROOT / "tests" / "edge" / "supabase_js_invoke.ts", alice)
     assert out["searchError"] is None
     assert [r["id"] for r in out["search"]["results"]] == ["cold-brew"]
     assert out["anonStatus"] == 403
+
+
+def test_readme_supabase_js_example_runs(edge: httpx.Client, clean_url: str, tmp_path: Path) -> None:
+    alice = user_token(USER_A)
+    assert upsert(edge, alice, [COLD_BREW]).status_code == 200
+    section = (REPO_ROOT / "README.md").read_text().split("## The HTTP API", 1)[1].split("\n## ", 1)[0]
+    example = re.findall(r"```js\n(.*?)```", section, re.DOTALL)[0]
+    script = tmp_path / "example.ts"
+    script.write_text(
+        "const [SUPABASE_URL, SUPABASE_ANON_KEY, accessToken] = Deno.args;\n"
+        + example
+        + "console.log(JSON.stringify({ data, error: error?.message ?? null }));\n"
+    )
+    out = supabase_js(edge, script, alice)
+    assert out["error"] is None
+    assert [r["id"] for r in out["data"]["results"]] == ["cold-brew"]
