@@ -336,6 +336,11 @@ BAD_SEARCHES: list[tuple[dict[str, Any], str | None]] = [
     ({"vector": vec(1), "filter": {"$or": "no"}}, "filter"),
     ({"vector": vec(1), "filter": [1]}, "filter"),
     ({"vector": vec(1), "kk": 3}, None),
+    # options of another mode are refused, not ignored
+    ({"vector": vec(1), "rrf_k": 10}, "rrf_k"),
+    ({"vector": vec(1), "semantic_weight": 2}, "semantic_weight"),
+    ({"query": "x", "vector": vec(1), "threshold": 0.5}, "threshold"),
+    ({"query": "x", "mode": "full_text", "ef_search": 10}, "ef_search"),
 ]
 
 

@@ -327,13 +327,22 @@ export function createApp(deps: Deps): Hono {
     if (mode === "full_text" && body.vector !== undefined) {
       throw new ApiError(400, "invalid_input", "mode full_text takes no vector (use hybrid)", "vector");
     }
-    if (body.full_text_weight + body.semantic_weight === 0) {
-      throw new ApiError(
-        400,
-        "invalid_input",
-        "full_text_weight and semantic_weight must not both be 0",
-        "semantic_weight",
-      );
+    // An option the chosen mode does not use is refused, not silently ignored.
+    const unused = mode === "semantic"
+      ? (["full_text_weight", "semantic_weight", "rrf_k"] as const)
+      : mode === "hybrid"
+      ? (["threshold", "ef_search"] as const)
+      : (["threshold", "ef_search", "full_text_weight", "semantic_weight"] as const);
+    const given = unused.find((name) => body[name] !== undefined);
+    if (given) throw new ApiError(400, "invalid_input", `${given} does not apply to ${mode} search`, given);
+    const tuning = {
+      full_text_weight: body.full_text_weight ?? 1,
+      semantic_weight: body.semantic_weight ?? 1,
+      rrf_k: body.rrf_k ?? 50,
+    };
+    if (tuning.full_text_weight + tuning.semantic_weight === 0) {
+      const message = "full_text_weight and semantic_weight must not both be 0";
+      throw new ApiError(400, "invalid_input", message, "semantic_weight");
     }
     let vector = body.vector;
     if (vector === undefined && mode !== "full_text") {
@@ -366,7 +375,9 @@ export function createApp(deps: Deps): Hono {
         queryVector = Array.from({ length: dimension }, (_, i) => (i === 0 ? 1 : 0));
       }
       const embedding = vectorLiteral(queryVector!);
-      const [textWeight, semanticWeight] = fullText ? [1, 0] : [body.full_text_weight, body.semantic_weight];
+      const [textWeight, semanticWeight] = fullText
+        ? [1, 0]
+        : [tuning.full_text_weight, tuning.semantic_weight];
       const text = body.query!;
       return await tx`select external_id, content, metadata, score, similarity, full_text_rank, semantic_rank
         from public.hybrid_search(
@@ -374,7 +385,7 @@ export function createApp(deps: Deps): Hono {
           match_count => ${body.k}::integer, filter => ${filter}::jsonb,
           full_text_weight => ${textWeight}::double precision,
           semantic_weight => ${semanticWeight}::double precision,
-          rrf_k => ${body.rrf_k}::integer)`;
+          rrf_k => ${tuning.rrf_k}::integer)`;
     });
     // Full text alone: the rows the words matched (the unit vector's neighbours score 0 and are dropped).
     const kept = fullText ? rows.filter((r) => r.full_text_rank !== null) : rows;

@@ -61,11 +61,17 @@ export const SearchRequest = z.strictObject({
   }),
   k: z.number().int().min(1).max(MAX_ROWS).default(10),
   filter: Filter.default({}),
-  threshold: z.number().min(-1).max(1).optional().openapi({ description: "Minimum cosine similarity" }),
-  ef_search: z.number().int().min(1).max(1000).optional(),
-  full_text_weight: z.number().min(0).default(1),
-  semantic_weight: z.number().min(0).default(1),
-  rrf_k: z.number().int().min(0).max(1_000_000).default(50),
+  threshold: z.number().min(-1).max(1).optional()
+    .openapi({ description: "Minimum cosine similarity (semantic search only)" }),
+  ef_search: z.number().int().min(1).max(1000).optional()
+    .openapi({
+      description: "HNSW candidate list size (semantic search only; the store's default otherwise)",
+    }),
+  full_text_weight: z.number().min(0).optional().openapi({ description: "Hybrid only; default 1" }),
+  semantic_weight: z.number().min(0).optional().openapi({ description: "Hybrid only; default 1" }),
+  rrf_k: z.number().int().min(0).max(1_000_000).optional().openapi({
+    description: "Hybrid only; default 50",
+  }),
 }).openapi("SearchRequest");
 
 export const SearchResult = z.object({
