@@ -21,9 +21,13 @@ const embedder = modelUrl ? lazyEmbedder(modelUrl, env("EMBEDDING_MODEL_FILE") |
 embedder?.warm(); // fetch and load the model at cold start, while the first request is still on its way
 const app = createApp({ sql: connect(url, db), auth: authConfigFromEnv(env), db, embedder });
 
-Deno.serve({
-  port: Number(env("PORT") ?? 8000),
-  hostname: env("HOST") ?? "127.0.0.1",
-  onListen: ({ hostname, port }) =>
-    console.log(`supa-vectors edge API on http://${hostname}:${port}/vectors`),
-}, app.fetch);
+if ("EdgeRuntime" in globalThis) {
+  Deno.serve(app.fetch); // Supabase's edge runtime: it owns the listener
+} else {
+  Deno.serve({
+    port: Number(env("PORT") ?? 8000),
+    hostname: env("HOST") ?? "127.0.0.1",
+    onListen: ({ hostname, port }) =>
+      console.log(`supa-vectors edge API on http://${hostname}:${port}/vectors`),
+  }, app.fetch);
+}
