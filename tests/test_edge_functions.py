@@ -677,7 +677,7 @@ def test_text_queries_and_vectorless_upserts_embed_at_the_edge(
 
 
 def test_schemathesis_finds_no_5xx_and_every_response_matches_the_document(
-    edge_embedding: httpx.Client, clean_url: str
+    edge_embedding: httpx.Client, clean_url: str, tmp_path: Path
 ) -> None:
     """Property-based requests from docs/openapi.json against the function with its model configured
     (without one, text queries answer the documented 501, which schemathesis counts as a server error)."""
@@ -707,6 +707,7 @@ def test_schemathesis_finds_no_5xx_and_every_response_matches_the_document(
             "1",
             "--no-color",
         ],
+        cwd=tmp_path,  # schemathesis keeps a cache (.schemathesis/) in its working directory
         capture_output=True,
         text=True,
         check=False,
