@@ -11,6 +11,8 @@ Sections (``--only`` takes a comma-separated subset, in any order):
   migration  the shared corpus through the migration path, and memory at 1x and 10x (bench/migration.py)
   bulkload   8 searchers' latency while another tenant bulk-loads, index kept or dropped (bench/bulkload.py)
   cli        whole CLI processes: start-up, and searches with the backend down against up (bench/cli.py)
+  http       the Edge Function under Deno against the SDK: search latency, 8 clients, cold start,
+             text embedded at the edge (bench/http.py)
 
 ``--quick`` runs small sizes (about a minute) so CI keeps the code working; its figures mean little.
 Every figure is printed with its ratio to a baseline measured in the same run.
@@ -33,7 +35,18 @@ from typing import Any
 
 from bench._common import REPO_ROOT, cpu_features
 
-SECTIONS = ("embedding", "ingest", "search", "filtered", "quality", "offline", "migration", "bulkload", "cli")
+SECTIONS = (
+    "embedding",
+    "ingest",
+    "search",
+    "filtered",
+    "quality",
+    "offline",
+    "migration",
+    "bulkload",
+    "cli",
+    "http",
+)
 # section -> (module, function taking quick). search and filtered share one loaded store: when both
 # are chosen, bench.search.run_parts loads it once and returns the figures of both.
 _RUNNERS: dict[str, tuple[str, str]] = {
@@ -46,6 +59,7 @@ _RUNNERS: dict[str, tuple[str, str]] = {
     "migration": ("bench.migration", "run"),
     "bulkload": ("bench.bulkload", "run"),
     "cli": ("bench.cli", "run"),
+    "http": ("bench.http", "run"),
 }
 
 
