@@ -20,11 +20,9 @@ same identity (user A; the function verifies its HS256 token and runs match_docu
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +32,6 @@ from typing import Any
 import httpx
 
 from bench._common import (
-    REPO_ROOT,
     Report,
     bench_stack,
     clustered,
@@ -45,51 +42,31 @@ from bench._common import (
     ratio,
     synthetic_content,
 )
+from supa_vectors.local.functions import LocalFunctions, find_deno
 
-FUNCTION_DIR = REPO_ROOT / "supabase" / "functions" / "vectors"
 CLIENTS = 8
 USER = "00000000-0000-4000-8000-00000000000a"
 SECRET = "bench-secret-of-at-least-thirty-two-characters"
 
 
 def deno() -> str:
-    """Deno from PyPI's ``deno`` (a dev dependency), next to this interpreter, or on PATH."""
-    found = shutil.which("deno") or str(Path(sys.executable).with_name("deno"))
-    if not Path(found).exists():
-        raise RuntimeError("deno is a dev dependency: run scripts/setup --dev")
+    """Deno from PyPI's ``deno`` (in the ``local`` extra), next to this interpreter, or on PATH."""
+    found = find_deno()
+    if found is None:
+        raise RuntimeError("deno comes with the `local` extra: run scripts/setup --dev")
     return found
 
 
 @contextlib.contextmanager
 def serve(database_url: str, **env: str) -> Iterator[str]:
-    """The function's own index.ts under Deno on a free port; yields its base URL (…/vectors).
-
-    Deno prints where it listens once it does: reading that line is the synchronisation, no polling.
-    """
-    proc = subprocess.Popen(
-        [deno(), "run", "--frozen", "--allow-net", "--allow-env", "--allow-read", "index.ts"],
-        cwd=FUNCTION_DIR,
-        env={**os.environ, "SUPABASE_DB_URL": database_url, "PORT": "0", "NO_COLOR": "1", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:  # blocks until Deno says where it listens (or exits)
-        lines.append(line)
-        if match := re.search(r"on (http://\S+/vectors)", line):
-            break
-    else:
-        proc.wait()
-        raise RuntimeError("deno exited before listening:\n" + "".join(lines))
-    # Keep reading its output, so a chatty process never blocks on a full pipe.
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    try:
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """The function's own index.ts under Deno on a free port, as ``supa-vectors local start`` serves
+    it (``LocalFunctions``); yields its base URL (…/vectors). ``env`` overrides the stack's secret."""
+    with tempfile.TemporaryDirectory(prefix="supa-vectors-functions-") as base:
+        functions = LocalFunctions(Path(base))
+        try:
+            yield functions.start(database_url, env=env)
+        finally:
+            functions.stop()
 
 
 def user_token() -> str:

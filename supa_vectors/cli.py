@@ -150,6 +150,12 @@ def _add_local_commands(commands: Commands) -> None:
         default=None,
         help="migrations to apply (default: $SUPA_VECTORS_MIGRATIONS_DIR, else the shipped ones)",
     )
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument(
+        "--no-functions",
+        action="store_true",
+        help="do not serve supabase/functions beside the database (they need Deno, from the `local` extra)",
+    )
 
     local = commands.add_parser(
         "local",
@@ -161,11 +167,11 @@ def _add_local_commands(commands: Commands) -> None:
     specs: list[tuple[str, str, Handler, list[argparse.ArgumentParser]]] = [
         (
             "start",
-            "initialise if needed, start, apply pending migrations; print the URL",
+            "initialise if needed, start, apply pending migrations, serve the Edge Functions; print the URL",
             _local_start,
-            [common, migrations],
+            [common, migrations, serving],
         ),
-        ("stop", "stop the server", _local_stop, [common]),
+        ("stop", "stop the server and the Edge Functions", _local_stop, [common]),
         (
             "status",
             "print whether it runs, its URL, data directory and applied migrations",
@@ -176,7 +182,7 @@ def _add_local_commands(commands: Commands) -> None:
             "reset",
             "delete all data and start again from the migrations; print the URL",
             _local_reset,
-            [common, migrations],
+            [common, migrations, serving],
         ),
         ("url", "print the URL (exit 1 when not running)", _local_url, [common]),
     ]
@@ -189,9 +195,23 @@ def _local_start(args: argparse.Namespace) -> int:
     stack = _stack(args, migrations=True)
     if stack.url() is not None:
         print("supa-vectors: the local stack is already running", file=sys.stderr)
-    print(stack.start())
+    url = stack.start()
+    print(url)
     _forget_outages()
+    if not args.no_functions:
+        _serve_functions(stack, url)
     return 0
+
+
+def _serve_functions(stack: LocalStack, url: str) -> None:
+    """Start the Edge Functions beside the database; the database is what ``start`` promises, so a
+    function that cannot be served is a note, not a failure."""
+    try:
+        served = stack.functions().start(url)
+    except LocalStackError as exc:
+        print(f"supa-vectors: Edge Functions not served: {exc}", file=sys.stderr)
+        return
+    print(f"supa-vectors: Edge Functions on {served} (keys: `supa-vectors local status`)", file=sys.stderr)
 
 
 def _forget_outages() -> None:
@@ -219,12 +239,24 @@ def _local_status(args: argparse.Namespace) -> int:
     if status.running:
         latest = f" (latest {status.applied_migrations[-1]})" if status.applied_migrations else ""
         print(f"migrations: {len(status.applied_migrations)} applied{latest}")
+    functions = _stack(args).functions()
+    served = functions.status()
+    if served.running:
+        # As `supabase status` prints them: keys of this development stack, signed with its own secret.
+        print(f"functions:  {served.url}")
+        print(f"anon key:   {functions.key('anon')}")
+        print(f"service key: {functions.key('service_role')}")
+        print(f"jwt secret: {functions.jwt_secret()}")
     return 0
 
 
 def _local_reset(args: argparse.Namespace) -> int:
-    print(_stack(args, migrations=True).reset())
+    stack = _stack(args, migrations=True)
+    url = stack.reset()
+    print(url)
     _forget_outages()
+    if not args.no_functions:
+        _serve_functions(stack, url)
     return 0
 
 

@@ -43,6 +43,7 @@ import platformdirs
 import psycopg
 
 from supa_vectors.errors import LocalStackError
+from supa_vectors.local.functions import LocalFunctions
 
 __all__ = [
     "DEFAULT_PG_USER",
@@ -382,13 +383,20 @@ class LocalStack:
             return self._start_locked()
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown: open sessions are disconnected); a no-op when stopped."""
+        """Stop the server (fast shutdown: open sessions are disconnected) and the Edge Functions
+        served beside it; a no-op when stopped."""
         with self._locked():
+            self.functions().stop()
             self._stop_locked()
+
+    def functions(self) -> LocalFunctions:
+        """The Edge Functions served beside this stack (``local start`` starts them)."""
+        return LocalFunctions(self.base_dir)
 
     def reset(self) -> str:
         """Throw away all data and start from a fresh cluster with the migrations applied."""
         with self._locked():
+            self.functions().stop()
             self._stop_locked(mode="immediate")
             try:
                 shutil.rmtree(self.data_dir, ignore_errors=False)
