@@ -32,11 +32,15 @@ def test_every_function_has_a_fixed_empty_search_path(conn: psycopg.Connection) 
 
 
 # The only functions that run as their owner (docs/decisions/0010-history-written-by-its-run.md): the
-# trigger that writes run history from real row changes (nobody may call it), and the run-state function
-# the ingest-run RPCs call. Both check the caller themselves; every other function runs as its caller,
-# under Row Level Security. Columns: schema, owned by the tables' owner, a trigger function, callers.
+# trigger that writes run history from real row changes (nobody may call it), the run-state function
+# the ingest-run RPCs call, and the monitoring read of pg_stat_statements (decision 0018). Each checks
+# its caller itself or is callable by service_role only; every other function runs as its caller, under
+# Row Level Security. Columns: schema, owned by the tables' owner, a trigger function, callers.
 SECURITY_DEFINER = [
     ("supa_vectors_internal.record_run_history()", "supa_vectors_internal", True, True, ""),
+    # pg_stat_statements' figures for the store's RPCs, whoever called them (decision 0018): returns no
+    # statement text, service_role only.
+    ("supa_vectors_internal.rpc_statement_stats()", "supa_vectors_internal", True, False, "service_role"),
     (
         "supa_vectors_internal.update_ingest_run(text,text,jsonb,jsonb,jsonb)",
         "supa_vectors_internal",  # never an RPC: PostgREST does not expose this schema

@@ -42,6 +42,8 @@ alter role authenticated set statement_timeout = '8s';
 create schema if not exists extensions;
 grant usage on schema extensions to postgres, anon, authenticated, service_role;
 alter role postgres set search_path to "$user", public, extensions;
+-- pg_stat_statements, as hosted Supabase has it (the server preloads its library): store_rpc_stats.
+create extension if not exists pg_stat_statements with schema extensions;
 
 -- ---------------------------------------------------------------------------------------------------
 -- Default privileges of schema public: every new table, sequence and function is fully granted to the

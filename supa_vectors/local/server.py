@@ -645,7 +645,8 @@ class LocalStack:
                     "-t",
                     str(_START_TIMEOUT_S),
                     "-o",
-                    f"-h 127.0.0.1 -p {port} -k {self.socket_dir}",
+                    # pg_stat_statements as hosted Supabase has it (store_rpc_stats reads it).
+                    f"-h 127.0.0.1 -p {port} -k {self.socket_dir} -c shared_preload_libraries=pg_stat_statements",
                 ],
                 user=user,
                 cwd=self.base_dir,
