@@ -646,7 +646,8 @@ class LocalStack:
                     str(_START_TIMEOUT_S),
                     "-o",
                     # pg_stat_statements as hosted Supabase has it (store_rpc_stats reads it).
-                    f"-h 127.0.0.1 -p {port} -k {self.socket_dir} -c shared_preload_libraries=pg_stat_statements",
+                    f"-h 127.0.0.1 -p {port} -k {self.socket_dir} "
+                    "-c shared_preload_libraries=pg_stat_statements",
                 ],
                 user=user,
                 cwd=self.base_dir,
