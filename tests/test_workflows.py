@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def lint(directory: Path) -> subprocess.CompletedProcess[str]:
 def zizmor(directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            str(REPO_ROOT / ".venv" / "bin" / "zizmor"),
+            str(Path(sys.executable).with_name("zizmor")),  # installed beside this interpreter (dev extra)
             "--offline",
             "--config",
             str(REPO_ROOT / ".github" / "zizmor.yml"),
