@@ -13,15 +13,17 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from supa_vectors._core import rpcs
+from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
 from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
@@ -39,6 +41,7 @@ from supa_vectors.models import (
     StoreStats,
     UpsertResult,
 )
+from supa_vectors.transport.base import sends_binary_vectors
 from supa_vectors.transport.identity import Identity
 
 __all__ = [
@@ -57,7 +60,6 @@ __all__ = [
     "PreparedDocument",
     "RpcCall",
     "StoreSettings",
-    "SupportsSessionUserRpc",
     "check_embedder",
     "check_ids",
     "check_k",
@@ -76,7 +78,6 @@ __all__ = [
     "parse_stored_document",
     "prepare_documents",
     "query_vector",
-    "transport_identity",
     "upsert_flow",
 ]
 
@@ -114,35 +115,6 @@ class EmbedderLike(Protocol):
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
-@runtime_checkable
-class SupportsSessionUserRpc(Protocol):
-    """A transport that can also call an RPC as the connecting user, without switching identity.
-
-    Only the direct Postgres transport can: dropping and rebuilding the vector index for a bulk load
-    needs the table owner, which no PostgREST role is.
-    """
-
-    def rpc_as_session_user(self, name: str, params: Mapping[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class RpcCall:
-    name: str
-    params: dict[str, Any]
-    # Send with these Authorization credentials instead of the transport's current ones: a queued
-    # write replays as the caller that queued it (see supa_vectors.cache.outbox).
-    credentials: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class EmbedCall:
-    texts: list[str]
-
-
-Op = RpcCall | EmbedCall
-Flow = Generator[Op, Any, T]
-
-
 def content_hash(content: str) -> str:
     """sha256 hex of the UTF-8 text: the same as ``supa_vectors_internal.content_hash`` in SQL."""
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
@@ -151,22 +123,12 @@ def content_hash(content: str) -> str:
 def bytes_per_float(transport: object) -> int:
     """What one vector component costs in a request; a transport that sends vectors in binary says so
     with ``sends_binary_vectors = True`` (the Postgres transports do)."""
-    return (
-        BINARY_BYTES_PER_FLOAT
-        if getattr(transport, "sends_binary_vectors", False) is True
-        else JSON_BYTES_PER_FLOAT
-    )
+    return BINARY_BYTES_PER_FLOAT if sends_binary_vectors(transport) else JSON_BYTES_PER_FLOAT
 
 
 def vector_request_bytes(dimension: int, vector_bytes_per_float: int) -> int:
     """What one document's vector adds to a bulk_upsert request (with its separators)."""
     return dimension * vector_bytes_per_float + 16
-
-
-def transport_identity(transport: object) -> Identity | None:
-    """The identity a transport acts as, when it says (the Postgres transport does)."""
-    identity = getattr(transport, "identity", None)
-    return identity if isinstance(identity, Identity) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,9 +398,9 @@ def upsert_flow(
     for chunk in plan_chunks(prepared, dimension, vector_bytes_per_float=vector_bytes_per_float):
         existing: dict[str, str] = {}
         if any(d.embedding is None for d in chunk):
-            rows = yield RpcCall("get_documents", {"external_ids": [d.id for d in chunk]})
-            with _response("get_documents"):
-                existing = _existing_hashes(_rows(rows, "get_documents"), identity)
+            rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": [d.id for d in chunk]})
+            with _response(rpcs.GET_DOCUMENTS.name):
+                existing = _existing_hashes(_rows(rows, rpcs.GET_DOCUMENTS.name), identity)
         vectors: dict[int, npt.NDArray[np.float32]] = {}
         todo = _without(vectors, (d for d in chunk if existing.get(d.id) != d.content_hash))
         for attempt in range(2):
@@ -456,15 +418,15 @@ def upsert_flow(
             if vectors:
                 params["embeddings"] = [vectors.get(d.index) for d in chunk]
             try:
-                rows = yield RpcCall("bulk_upsert", params)
+                rows = yield rpcs.BULK_UPSERT.call(params)
             except DocumentError as exc:
                 if attempt == 0 and "no embedding" in str(exc) and _without(vectors, chunk):
                     todo = _without(vectors, chunk)
                     continue
                 raise _renumber(exc, chunk) from exc
             break
-        with _response("bulk_upsert"):
-            by_ordinal = {int(row["ordinal"]): row for row in _rows(rows, "bulk_upsert")}
+        with _response(rpcs.BULK_UPSERT.name):
+            by_ordinal = {int(row["ordinal"]): row for row in _rows(rows, rpcs.BULK_UPSERT.name)}
             for ordinal, doc in enumerate(chunk, start=1):
                 row = by_ordinal.get(ordinal)
                 if row is None:
@@ -628,7 +590,7 @@ def _rows(result: Any, rpc: str) -> list[Mapping[str, Any]]:
 
 
 def parse_search_rows(result: Any) -> list[SearchResult]:
-    with _response("match_documents"):
+    with _response(rpcs.MATCH_DOCUMENTS.name):
         return [
             SearchResult(
                 id=row["external_id"],
@@ -636,12 +598,12 @@ def parse_search_rows(result: Any) -> list[SearchResult]:
                 metadata=row["metadata"],
                 similarity=row["similarity"],
             )
-            for row in _rows(result, "match_documents")
+            for row in _rows(result, rpcs.MATCH_DOCUMENTS.name)
         ]
 
 
 def parse_hybrid_rows(result: Any) -> list[HybridSearchResult]:
-    with _response("hybrid_search"):
+    with _response(rpcs.HYBRID_SEARCH.name):
         return [
             HybridSearchResult(
                 id=row["external_id"],
@@ -652,7 +614,7 @@ def parse_hybrid_rows(result: Any) -> list[HybridSearchResult]:
                 full_text_rank=row.get("full_text_rank"),
                 semantic_rank=row.get("semantic_rank"),
             )
-            for row in _rows(result, "hybrid_search")
+            for row in _rows(result, rpcs.HYBRID_SEARCH.name)
         ]
 
 
@@ -680,13 +642,13 @@ def order_by_ids(documents: Iterable[StoredDocument], ids: Sequence[str]) -> lis
 
 
 def parse_stats(result: Any) -> StoreStats:
-    with _response("store_stats"):
+    with _response(rpcs.STORE_STATS.name):
         return StoreStats.model_validate(result)
 
 
 def page_after(result: Any) -> tuple[list[StoredDocument], int | None]:
     """A list_documents page and the keyset cursor for the next one (None when none can follow)."""
-    with _response("list_documents"):
-        rows = _rows(result, "list_documents")
+    with _response(rpcs.LIST_DOCUMENTS.name):
+        rows = _rows(result, rpcs.LIST_DOCUMENTS.name)
         docs = [parse_stored_document(row) for row in rows]
         return docs, (int(rows[-1]["id"]) if rows else None)

@@ -19,12 +19,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from supa_vectors import _rpc
+from supa_vectors._core import rpcs
 from supa_vectors._rpc import (
     BULK_MIN_ROWS,
     DocumentInput,
@@ -33,7 +34,6 @@ from supa_vectors._rpc import (
     Flow,
     RpcCall,
     StoreSettings,
-    SupportsSessionUserRpc,
 )
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.layer import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, CacheMode, OfflineLayer
@@ -58,7 +58,13 @@ from supa_vectors.models import (
     StoreStats,
     UpsertResult,
 )
-from supa_vectors.transport.base import AsyncTransport, Transport
+from supa_vectors.transport.base import (
+    AsyncSupportsSessionUser,
+    AsyncTransport,
+    SupportsSessionUser,
+    Transport,
+    identity_of,
+)
 from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
@@ -72,11 +78,6 @@ logger = logging.getLogger("supa_vectors")
 T = TypeVar("T")
 Query = str | Sequence[float] | npt.NDArray[np.floating[Any]]
 CacheDir = str | os.PathLike[str] | None
-
-
-@runtime_checkable
-class _SupportsAsyncSessionUserRpc(Protocol):
-    async def rpc_as_session_user(self, name: str, params: Mapping[str, Any]) -> Any: ...
 
 
 def _default_embedder() -> EmbedderLike:
@@ -232,7 +233,7 @@ class _StoreState:
         anyone else's only once its loader is gone."""
         if not self._restore_index or self._offline.breaker.state != "closed":
             return None
-        return "finish_bulk_load" if self._unfinished_bulk_load else "restore_vector_index"
+        return rpcs.FINISH_BULK_LOAD.name if self._unfinished_bulk_load else rpcs.RESTORE_VECTOR_INDEX.name
 
     def _restore_answered(self, rebuilt: Any, error: SupaVectorsError | None) -> None:
         self._offline.breaker.record(error)
@@ -434,9 +435,7 @@ class VectorStore(_StoreState):
             return
         try:
             settings = self.settings()
-            self._run(
-                self._offline.flush_flow(settings, _rpc.transport_identity(self._transport), blocking=False)
-            )
+            self._run(self._offline.flush_flow(settings, identity_of(self._transport), blocking=False))
         except SupaVectorsError as exc:
             if not is_outage(exc):
                 logger.warning("supa-vectors: replaying the outbox failed (%s: %s)", type(exc).__name__, exc)
@@ -476,9 +475,9 @@ class VectorStore(_StoreState):
         if settings is not None:
             _rpc.check_limits(prepared, settings)
             self._check_given_embedder(settings)
-        flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
+        flow = self._offline.upsert_flow(prepared, settings, identity_of(self._transport))
         transport = self._transport
-        if settings is None or not isinstance(transport, SupportsSessionUserRpc):
+        if settings is None or not isinstance(transport, SupportsSessionUser):
             return self._run(flow)
         bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
         if not bulk_path or self._unfinished_bulk_load:
@@ -487,7 +486,9 @@ class VectorStore(_StoreState):
             return self._run(flow)
         try:
             # begin_bulk_load restores an index an abandoned load left dropped, then decides.
-            rebuild = bool(transport.rpc_as_session_user("begin_bulk_load", _begin_params(len(prepared))))
+            rebuild = bool(
+                transport.rpc_as_session_user(rpcs.BEGIN_BULK_LOAD.name, _begin_params(len(prepared)))
+            )
         except AuthError:
             rebuild = False  # not the table owner: load through the index
         except SupaVectorsError as exc:
@@ -500,19 +501,19 @@ class VectorStore(_StoreState):
             results = self._run(flow)
         except BaseException:
             try:
-                transport.rpc_as_session_user("finish_bulk_load", {})
+                transport.rpc_as_session_user(rpcs.FINISH_BULK_LOAD.name, {})
             except SupaVectorsError as exc:
                 self._unfinished_bulk_load = True
                 _cleanup_failed(exc)
             raise
         try:
-            transport.rpc_as_session_user("finish_bulk_load", {})
+            transport.rpc_as_session_user(rpcs.FINISH_BULK_LOAD.name, {})
         except SupaVectorsError as exc:
             self._unfinished_bulk_load = True
             return _after_rebuild_failure(exc, results)
         return results
 
-    def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
+    def _restore_vector_index(self, transport: SupportsSessionUser) -> None:
         """Before a write as the table owner: rebuild the index if a bulk load whose owner is gone
         (or this store's own, whose rebuild failed) left it dropped; one catalog lookup otherwise."""
         rpc = self._restore_rpc()
@@ -588,7 +589,7 @@ class VectorStore(_StoreState):
         found: list[StoredDocument] = []
         for chunk in _rpc.id_chunks(wanted):
             found += _rpc.parse_documents(
-                self._call("get_documents", {"external_ids": chunk}), "get_documents"
+                self._call(rpcs.GET_DOCUMENTS.name, {"external_ids": chunk}), rpcs.GET_DOCUMENTS.name
             )
         return _rpc.order_by_ids(found, wanted)
 
@@ -604,7 +605,7 @@ class VectorStore(_StoreState):
     def count(self, filter: Filter | None = None) -> int:
         params = _rpc.count_params(self._checked_filter(filter))
         self._maybe_flush()
-        return int(self._call("count_documents", params))
+        return int(self._call(rpcs.COUNT_DOCUMENTS.name, params))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500
@@ -622,7 +623,7 @@ class VectorStore(_StoreState):
         self._maybe_flush()
         after = 0
         while True:
-            reply = self._call("list_documents", _rpc.list_params(after, page_size, checked))
+            reply = self._call(rpcs.LIST_DOCUMENTS.name, _rpc.list_params(after, page_size, checked))
             docs, last = _rpc.page_after(reply)
             yield from docs
             if last is None or len(docs) < page_size:
@@ -631,7 +632,7 @@ class VectorStore(_StoreState):
 
     def stats(self) -> StoreStats:
         self._maybe_flush()
-        return _rpc.parse_stats(self._call("store_stats", {}))
+        return _rpc.parse_stats(self._call(rpcs.STORE_STATS.name, {}))
 
     def flush(self) -> FlushResult:
         """Replay the outbox now, in order; raises the backend's error if it is still unreachable.
@@ -640,7 +641,7 @@ class VectorStore(_StoreState):
         for a flush running in another thread or process to finish first.
         """
         settings = self._settings_now(force=True)
-        identity = _rpc.transport_identity(self._transport)
+        identity = identity_of(self._transport)
         return self._run(self._offline.flush_flow(settings, identity, blocking=True), force=True)
 
     def sync_mirror(self, *, full: bool = False) -> SyncResult:
@@ -830,9 +831,7 @@ class AsyncVectorStore(_StoreState):
             return
         try:
             settings = await self.settings()
-            await self._run(
-                self._offline.flush_flow(settings, _rpc.transport_identity(self._transport), blocking=False)
-            )
+            await self._run(self._offline.flush_flow(settings, identity_of(self._transport), blocking=False))
         except SupaVectorsError as exc:
             if not is_outage(exc):
                 logger.warning("supa-vectors: replaying the outbox failed (%s: %s)", type(exc).__name__, exc)
@@ -859,9 +858,9 @@ class AsyncVectorStore(_StoreState):
         if settings is not None:
             _rpc.check_limits(prepared, settings)
             self._check_given_embedder(settings)
-        flow = self._offline.upsert_flow(prepared, settings, _rpc.transport_identity(self._transport))
+        flow = self._offline.upsert_flow(prepared, settings, identity_of(self._transport))
         transport = self._transport
-        if settings is None or not isinstance(transport, _SupportsAsyncSessionUserRpc):
+        if settings is None or not isinstance(transport, AsyncSupportsSessionUser):
             return await self._run(flow)
         bulk_path = _use_bulk_path(bulk, len(prepared)) and not self._offline.has_pending()
         if not bulk_path or self._unfinished_bulk_load:
@@ -869,7 +868,9 @@ class AsyncVectorStore(_StoreState):
         if not bulk_path:
             return await self._run(flow)
         try:
-            began = await transport.rpc_as_session_user("begin_bulk_load", _begin_params(len(prepared)))
+            began = await transport.rpc_as_session_user(
+                rpcs.BEGIN_BULK_LOAD.name, _begin_params(len(prepared))
+            )
             rebuild = bool(began)
         except AuthError:
             rebuild = False
@@ -883,19 +884,19 @@ class AsyncVectorStore(_StoreState):
             results = await self._run(flow)
         except BaseException:
             try:
-                await transport.rpc_as_session_user("finish_bulk_load", {})
+                await transport.rpc_as_session_user(rpcs.FINISH_BULK_LOAD.name, {})
             except SupaVectorsError as exc:
                 self._unfinished_bulk_load = True
                 _cleanup_failed(exc)
             raise
         try:
-            await transport.rpc_as_session_user("finish_bulk_load", {})
+            await transport.rpc_as_session_user(rpcs.FINISH_BULK_LOAD.name, {})
         except SupaVectorsError as exc:
             self._unfinished_bulk_load = True
             return _after_rebuild_failure(exc, results)
         return results
 
-    async def _restore_vector_index(self, transport: _SupportsAsyncSessionUserRpc) -> None:
+    async def _restore_vector_index(self, transport: AsyncSupportsSessionUser) -> None:
         """See :meth:`VectorStore._restore_vector_index`."""
         rpc = self._restore_rpc()
         if rpc is None:
@@ -963,7 +964,7 @@ class AsyncVectorStore(_StoreState):
         found: list[StoredDocument] = []
         for chunk in _rpc.id_chunks(wanted):
             found += _rpc.parse_documents(
-                await self._call("get_documents", {"external_ids": chunk}), "get_documents"
+                await self._call(rpcs.GET_DOCUMENTS.name, {"external_ids": chunk}), rpcs.GET_DOCUMENTS.name
             )
         return _rpc.order_by_ids(found, wanted)
 
@@ -976,7 +977,7 @@ class AsyncVectorStore(_StoreState):
     async def count(self, filter: Filter | None = None) -> int:
         params = _rpc.count_params(await self._checked_filter(filter))
         await self._maybe_flush()
-        return int(await self._call("count_documents", params))
+        return int(await self._call(rpcs.COUNT_DOCUMENTS.name, params))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500
@@ -999,7 +1000,7 @@ class AsyncVectorStore(_StoreState):
         await self._maybe_flush()
         after = 0
         while True:
-            reply = await self._call("list_documents", _rpc.list_params(after, page_size, checked))
+            reply = await self._call(rpcs.LIST_DOCUMENTS.name, _rpc.list_params(after, page_size, checked))
             docs, last = _rpc.page_after(reply)
             for doc in docs:
                 yield doc
@@ -1009,13 +1010,13 @@ class AsyncVectorStore(_StoreState):
 
     async def stats(self) -> StoreStats:
         await self._maybe_flush()
-        return _rpc.parse_stats(await self._call("store_stats", {}))
+        return _rpc.parse_stats(await self._call(rpcs.STORE_STATS.name, {}))
 
     async def flush(self) -> FlushResult:
         """See :meth:`VectorStore.flush`; a flush already running elsewhere is not waited for
         (``remaining`` then counts what it still has to do), so the event loop never blocks on it."""
         settings = await self._settings_now(force=True)
-        identity = _rpc.transport_identity(self._transport)
+        identity = identity_of(self._transport)
         return await self._run(self._offline.flush_flow(settings, identity, blocking=False), force=True)
 
     async def sync_mirror(self, *, full: bool = False) -> SyncResult:

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors import _rpc
+from supa_vectors._core import rpcs
 from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, Op, PreparedDocument, RpcCall, StoreSettings
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.filtering import compile_predicate
@@ -319,7 +320,7 @@ class OfflineLayer:
         """The store's settings and whether they are live; offline, the last ones seen (persisted)."""
         key = settings_key(self.store, self.identity)
         try:
-            raw = yield RpcCall("store_settings", {})
+            raw = yield rpcs.STORE_SETTINGS.call()
         except SupaVectorsError as exc:
             if not is_outage(exc) or not self.trusted():
                 raise
@@ -381,7 +382,7 @@ class OfflineLayer:
         else:
             vector = query
         try:
-            reply = yield RpcCall("match_documents", _rpc.match_params(vector, k, threshold, filter))
+            reply = yield rpcs.MATCH_DOCUMENTS.call(_rpc.match_params(vector, k, threshold, filter))
         except SupaVectorsError as exc:
             if not is_outage(exc) or self.mode == "off":
                 raise
@@ -454,7 +455,9 @@ class OfflineLayer:
                 return _hybrid_results(hit.rows, False, self._age(hit.created_at))
         vector = yield from self._embed_query(scope, text, settings.embedding_dimension)
         try:
-            reply = yield RpcCall("hybrid_search", _rpc.hybrid_params(text, vector, k, filter, tuning))
+            reply = yield RpcCall(
+                rpcs.HYBRID_SEARCH.name, _rpc.hybrid_params(text, vector, k, filter, tuning)
+            )
         except SupaVectorsError as exc:
             if not is_outage(exc) or self.mode == "off" or not self.trusted():
                 raise
@@ -586,13 +589,13 @@ class OfflineLayer:
             error: SupaVectorsError | None = None
             if outbox is None or not self.has_pending():
                 try:
-                    rows = yield RpcCall("delete_documents", {"external_ids": chunk})
+                    rows = yield rpcs.DELETE_DOCUMENTS.call({"external_ids": chunk})
                 except SupaVectorsError as exc:
                     if outbox is None or not is_outage(exc):
                         raise
                     error = exc
                 else:
-                    gone = [str(row["external_id"]) for row in _rows(rows, "delete_documents")]
+                    gone = [str(row["external_id"]) for row in _rows(rows, rpcs.DELETE_DOCUMENTS.name)]
                     deleted += len(gone)
                     self._record([Change(doc_id, deleted=True) for doc_id in gone])
                     self._forget_in_mirror(chunk)
@@ -622,7 +625,7 @@ class OfflineLayer:
         if not self.trusted():
             # Let the backend judge these credentials (a 2xx records them as accepted); a forged or
             # expired token gets its AuthError here, and never sees the outbox.
-            yield RpcCall("store_settings", {})
+            yield rpcs.STORE_SETTINGS.call()
             if not self.trusted():
                 raise self._untrusted()
         upserted = deleted = 0
@@ -666,8 +669,8 @@ class OfflineLayer:
     ) -> Flow[tuple[int, list[Change]]]:
         """Send one batch of queued writes; returns how many the server took and the changes."""
         if batch[0].op == "delete":
-            rows = yield RpcCall("delete_documents", {"external_ids": [e.id for e in batch]})
-            return len(_rows(rows, "delete_documents")), [Change(e.id, deleted=True) for e in batch]
+            rows = yield rpcs.DELETE_DOCUMENTS.call({"external_ids": [e.id for e in batch]})
+            return len(_rows(rows, rpcs.DELETE_DOCUMENTS.name)), [Change(e.id, deleted=True) for e in batch]
         prepared = _rpc.prepare_documents(
             [
                 Document(
@@ -753,7 +756,7 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
                     tracked.vectors[text] = vector
             except (TypeError, ValueError):
                 pass  # upsert_flow reports a malformed embedder output itself
-        elif op.name == "bulk_upsert" and isinstance(reply, list):
+        elif op.name == rpcs.BULK_UPSERT.name and isinstance(reply, list):
             for row in reply:
                 if isinstance(row, Mapping) and "external_id" in row and "status" in row:
                     tracked.statuses[str(row["external_id"])] = str(row["status"])
