@@ -532,7 +532,9 @@ class HybridTuning:
     rrf_k: int
 
 
-def hybrid_tuning(full_text_weight: float, semantic_weight: float, rrf_k: int) -> HybridTuning:
+def hybrid_tuning(
+    *, full_text_weight: float = 1.0, semantic_weight: float = 1.0, rrf_k: int = 50
+) -> HybridTuning:
     """Checked before the query is embedded, so a bad argument costs no model run."""
     full_text_weight = check_weight(full_text_weight, "full_text_weight")
     semantic_weight = check_weight(semantic_weight, "semantic_weight")

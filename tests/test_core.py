@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from supa_vectors._core.rpcs import RPCS, rpc_named
+from supa_vectors._rpc import hybrid_tuning
 from supa_vectors.errors import ConfigurationError
 from supa_vectors.transport import postgrest
 from supa_vectors.transport.base import cache_label, subject_of
@@ -87,3 +88,46 @@ def test_async_postgrest_transport_closes_its_http_client_when_setup_fails(
         postgrest.AsyncPostgrestTransport(url="not a url", key="sb_publishable_x")
     assert len(_Recording.made) == 1
     assert _Recording.made[0].is_closed
+
+
+def _methods(tree: ast.Module, cls: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+    return {
+        item.name: item
+        for item in node.body
+        if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and not item.name.startswith("_")
+    }
+
+
+def test_every_store_operation_is_one_line_over_its_flow() -> None:
+    """The twins cannot drift: checks, parameters and parsing live in the flow both run."""
+    tree = ast.parse((PACKAGE / "store.py").read_text())
+    sync, asynchronous = _methods(tree, "VectorStore"), _methods(tree, "AsyncVectorStore")
+    assert set(sync) - {"close"} == set(asynchronous) - {"aclose"}
+    operations = {
+        "upsert",
+        "search",
+        "hybrid_search",
+        "get",
+        "delete",
+        "count",
+        "stats",
+        "flush",
+        "sync_mirror",
+    }
+    for methods in (sync, asynchronous):
+        for name in operations:
+            body = [
+                s
+                for s in methods[name].body
+                if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            ]
+            assert len(body) == 1, name
+            assert "_flow(" in ast.unparse(body[0]), name
+
+
+def test_hybrid_search_still_refuses_an_unknown_option() -> None:
+    """Its tuning options travel as ``**tuning`` to ``hybrid_tuning``, whose keywords are the contract."""
+    with pytest.raises(TypeError):
+        hybrid_tuning(full_text_wieght=2.0)  # type: ignore[call-arg]
+    assert hybrid_tuning(rrf_k=10).rrf_k == 10

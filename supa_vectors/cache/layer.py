@@ -756,7 +756,7 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
                     tracked.vectors[text] = vector
             except (TypeError, ValueError):
                 pass  # upsert_flow reports a malformed embedder output itself
-        elif op.name == rpcs.BULK_UPSERT.name and isinstance(reply, list):
+        elif isinstance(op, RpcCall) and op.name == rpcs.BULK_UPSERT.name and isinstance(reply, list):
             for row in reply:
                 if isinstance(row, Mapping) and "external_id" in row and "status" in row:
                     tracked.statuses[str(row["external_id"])] = str(row["status"])
