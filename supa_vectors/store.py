@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from supa_vectors._core.checks import check_page_size
 from supa_vectors._core.flows import HybridOptions, Query, StoreCore, StoreOptions, run_embedder
 from supa_vectors._core.ops import Driver, EmbedCall, Flow, Op, RpcCall
-from supa_vectors._rpc import DocumentInput, StoreSettings, check_page_size
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.upsert import DocumentInput
 from supa_vectors.cache.mirror import SyncResult
 from supa_vectors.cache.outbox import FlushResult
 from supa_vectors.config import async_transport_for, transport_for

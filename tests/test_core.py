@@ -10,8 +10,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from supa_vectors._core.checks import hybrid_tuning
 from supa_vectors._core.rpcs import RPCS, rpc_named
-from supa_vectors._rpc import hybrid_tuning
 from supa_vectors.errors import ConfigurationError
 from supa_vectors.transport import postgrest
 from supa_vectors.transport.base import cache_label, subject_of

@@ -39,9 +39,9 @@ from supa_vectors import (
     StoreStats,
     UpsertResult,
     VectorStore,
-    _rpc,
 )
-from supa_vectors._cli_search import add_search_parser, search_command
+from supa_vectors._core import upsert as _rpc
+from supa_vectors.cli._search import add_search_parser, search_command
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import DIM, MODEL, USER_A, USER_B, FakeEmbedder, bulk_load_min_rows
 

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors import _rpc
-from supa_vectors._core import rpcs
+from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import Flow, RpcCall, SettingsCall
-from supa_vectors._rpc import BULK_MIN_ROWS, DocumentInput, EmbedderLike, StoreSettings
+from supa_vectors._core.rows import order_by_ids, page_after, parse_documents, parse_stats
+from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
+from supa_vectors._core.upsert import BULK_MIN_ROWS, DocumentInput
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.layer import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, CacheMode, OfflineLayer
 from supa_vectors.cache.mirror import SyncResult
@@ -74,7 +75,7 @@ Query = str | Sequence[float] | npt.NDArray[np.floating[Any]]
 
 
 class HybridOptions(TypedDict, total=False):
-    """How hybrid search fuses its rankings (defaults: :func:`supa_vectors._rpc.hybrid_tuning`)."""
+    """How hybrid search fuses its rankings (defaults: :func:`supa_vectors.checks.hybrid_tuning`)."""
 
     full_text_weight: float
     semantic_weight: float
@@ -244,7 +245,7 @@ class StoreCore:
     def _checked_embedder(self, settings: StoreSettings) -> EmbedderLike:
         embedder = self._embedder_or_default()
         if not self._embedder_checked:
-            _rpc.check_embedder(embedder, settings)
+            check_embedder(embedder, settings)
             self._embedder_checked = True
         return embedder
 
@@ -315,13 +316,13 @@ class StoreCore:
     def _upsert_flow(
         self, documents: Iterable[DocumentInput] | DocumentInput, bulk: bool | None
     ) -> Flow[list[UpsertResult]]:
-        prepared = _rpc.prepare_documents(documents)
+        prepared = upsert.prepare_documents(documents)
         if not prepared:
             return []
         yield from self._maybe_flush()
         settings = yield from self._settings_or_none()
         if settings is not None:
-            _rpc.check_limits(prepared, settings)
+            upsert.check_limits(prepared, settings)
             self._check_given_embedder(settings)
         flow = self._offline.upsert_flow(prepared, settings, self._identity)
         if settings is None or not self._session_user:
@@ -392,47 +393,47 @@ class StoreCore:
         self, query: Query, k: int, threshold: float | None, filter: Filter | None
     ) -> Flow[list[SearchResult]]:
         checked_filter = yield from self._checked_filter(filter)
-        threshold = _rpc.check_threshold(threshold)
-        _rpc.check_k(k)
+        threshold = checks.check_threshold(threshold)
+        checks.check_k(k)
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
-        _rpc.check_k(k, settings)
+        checks.check_k(k, settings)
         if isinstance(query, str):
-            checked: str | npt.NDArray[np.float32] = _rpc.check_query_text(query)
+            checked: str | npt.NDArray[np.float32] = checks.check_query_text(query)
             self._check_given_embedder(settings)
         else:
-            checked = _rpc.query_vector(query, settings.embedding_dimension)
+            checked = checks.query_vector(query, settings.embedding_dimension)
         return (yield from self._offline.search_flow(checked, k, threshold, checked_filter, settings))
 
     def _hybrid_flow(
         self, query: str, k: int, filter: Filter | None, options: HybridOptions
     ) -> Flow[list[HybridSearchResult]]:
         checked_filter = yield from self._checked_filter(filter)
-        text = _rpc.check_query_text(query)
-        _rpc.check_k(k)
-        tuning = _rpc.hybrid_tuning(**options)
+        text = checks.check_query_text(query)
+        checks.check_k(k)
+        tuning = checks.hybrid_tuning(**options)
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
-        _rpc.check_k(k, settings)
+        checks.check_k(k, settings)
         self._check_given_embedder(settings)
         return (yield from self._offline.hybrid_flow(text, k, checked_filter, tuning, settings))
 
     def _get_flow(self, ids: Iterable[str] | str) -> Flow[list[StoredDocument]]:
-        wanted = _rpc.check_ids(ids)
+        wanted = checks.check_ids(ids)
         yield from self._maybe_flush()
         found: list[StoredDocument] = []
-        for chunk in _rpc.id_chunks(wanted):
+        for chunk in checks.id_chunks(wanted):
             rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": chunk})
-            found += _rpc.parse_documents(rows, rpcs.GET_DOCUMENTS.name)
-        return _rpc.order_by_ids(found, wanted)
+            found += parse_documents(rows, rpcs.GET_DOCUMENTS.name)
+        return order_by_ids(found, wanted)
 
     def _delete_flow(self, ids: Iterable[str] | str) -> Flow[DeleteCount]:
-        wanted = _rpc.check_ids(ids)
+        wanted = checks.check_ids(ids)
         yield from self._maybe_flush()
         return (yield from self._offline.delete_flow(wanted))
 
     def _count_flow(self, filter: Filter | None) -> Flow[int]:
-        params = _rpc.count_params((yield from self._checked_filter(filter)))
+        params = checks.count_params((yield from self._checked_filter(filter)))
         yield from self._maybe_flush()
         return int((yield rpcs.COUNT_DOCUMENTS.call(params)))
 
@@ -441,13 +442,13 @@ class StoreCore:
     ) -> Flow[tuple[list[StoredDocument], int | None]]:
         """One ``list_documents`` page after the keyset cursor ``after``, and the next cursor (None
         when no page can follow)."""
-        reply = yield rpcs.LIST_DOCUMENTS.call(_rpc.list_params(after, page_size, checked))
-        docs, last = _rpc.page_after(reply)
+        reply = yield rpcs.LIST_DOCUMENTS.call(checks.list_params(after, page_size, checked))
+        docs, last = page_after(reply)
         return docs, (None if len(docs) < page_size else last)
 
     def _stats_flow(self) -> Flow[StoreStats]:
         yield from self._maybe_flush()
-        return _rpc.parse_stats((yield rpcs.STORE_STATS.call()))
+        return parse_stats((yield rpcs.STORE_STATS.call()))
 
     def _flush_flow(self, *, blocking: bool) -> Flow[FlushResult]:
         settings: StoreSettings = yield SettingsCall()

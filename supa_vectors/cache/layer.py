@@ -1,7 +1,8 @@
 """The offline layer: what ``VectorStore`` and ``AsyncVectorStore`` do when the backend may be down.
 
-Like :mod:`supa_vectors._rpc`, every multi-step operation here is a generator that yields the network
-and embedder work it needs (:class:`~supa_vectors._rpc.RpcCall`, :class:`~supa_vectors._rpc.EmbedCall`)
+It wraps the operations' flows (:mod:`supa_vectors._core.flows`) with the store's cache, breaker,
+outbox and mirror. Like them, every multi-step part here is a generator that yields the network and
+embedder work it needs (:class:`~supa_vectors._core.ops.RpcCall`, :class:`~supa_vectors._core.ops.EmbedCall`)
 and receives the result or the failure; the two stores only perform those, through the circuit
 breaker. Local disk work (the results cache, the outbox, the mirror) happens inline: it takes
 microseconds to a millisecond, so the async store does it on the loop rather than in a thread.
@@ -36,9 +37,11 @@ from typing import Any, Literal, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors import _rpc
-from supa_vectors._core import rpcs
-from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, Op, PreparedDocument, RpcCall, StoreSettings
+from supa_vectors._core import checks, rpcs, upsert
+from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
+from supa_vectors._core.rows import parse_hybrid_rows, parse_search_rows
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import Scope, canonical_json, settings_key, store_label, transport_subject
@@ -347,7 +350,7 @@ class OfflineLayer:
         cached = results.get_vector(key) if results is not None else None
         if cached is not None and cached.shape == (dimension,):
             return cached
-        vector: npt.NDArray[np.float32] = _rpc.check_embeddings((yield EmbedCall([text])), 1, dimension)[0]
+        vector: npt.NDArray[np.float32] = upsert.check_embeddings((yield EmbedCall([text])), 1, dimension)[0]
         if results is not None:
             results.put_vector(key, vector)
         return vector
@@ -382,12 +385,12 @@ class OfflineLayer:
         else:
             vector = query
         try:
-            reply = yield rpcs.MATCH_DOCUMENTS.call(_rpc.match_params(vector, k, threshold, filter))
+            reply = yield rpcs.MATCH_DOCUMENTS.call(checks.match_params(vector, k, threshold, filter))
         except SupaVectorsError as exc:
             if not is_outage(exc) or self.mode == "off":
                 raise
             return self._search_fallback(key, vector, k, threshold, filter, settings, exc)
-        found = _rpc.parse_search_rows(reply)
+        found = parse_search_rows(reply)
         if results is not None:
             rows = [r.model_dump(include={"id", "content", "metadata", "similarity"}) for r in found]
             answer = CachedAnswer("search", rows, self.clock(), generation, k, threshold, filter, vector)
@@ -440,7 +443,7 @@ class OfflineLayer:
         text: str,
         k: int,
         filter: dict[str, Any],
-        tuning: _rpc.HybridTuning,
+        tuning: checks.HybridTuning,
         settings: StoreSettings,
     ) -> Flow[list[HybridSearchResult]]:
         """Hybrid search falls back to the cache only: the mirror has no full-text index to fuse with."""
@@ -456,7 +459,7 @@ class OfflineLayer:
         vector = yield from self._embed_query(scope, text, settings.embedding_dimension)
         try:
             reply = yield RpcCall(
-                rpcs.HYBRID_SEARCH.name, _rpc.hybrid_params(text, vector, k, filter, tuning)
+                rpcs.HYBRID_SEARCH.name, checks.hybrid_params(text, vector, k, filter, tuning)
             )
         except SupaVectorsError as exc:
             if not is_outage(exc) or self.mode == "off" or not self.trusted():
@@ -465,7 +468,7 @@ class OfflineLayer:
             if hit is None:
                 raise
             return _hybrid_results(hit.rows, True, self._age(hit.created_at))
-        found = _rpc.parse_hybrid_rows(reply)
+        found = parse_hybrid_rows(reply)
         if results is not None:
             rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
             answer = CachedAnswer("hybrid", rows, self.clock(), generation, k, None, filter, vector)
@@ -516,7 +519,7 @@ class OfflineLayer:
             for start in range(0, len(todo), EMBED_BATCH_SIZE):
                 batch = todo[start : start + EMBED_BATCH_SIZE]
                 output = yield EmbedCall([d.content for d in batch])
-                array = _rpc.check_embeddings(output, len(batch), settings.embedding_dimension)
+                array = upsert.check_embeddings(output, len(batch), settings.embedding_dimension)
                 for doc, vector in zip(batch, array, strict=True):
                     found[doc.index] = vector
         writes = [
@@ -538,8 +541,8 @@ class OfflineLayer:
         self, prepared: Sequence[PreparedDocument], settings: StoreSettings, identity: Identity | None
     ) -> Flow[list[UpsertResult]]:
         """The online write, with chunks sized for how this store's transport sends vectors."""
-        return _rpc.upsert_flow(
-            prepared, settings, identity, vector_bytes_per_float=_rpc.bytes_per_float(self._transport)
+        return upsert.upsert_flow(
+            prepared, settings, identity, vector_bytes_per_float=upsert.bytes_per_float(self._transport)
         )
 
     def upsert_flow(
@@ -583,7 +586,7 @@ class OfflineLayer:
         """Delete chunk by chunk; from the first chunk the backend cannot take (or while older writes
         still wait in the outbox), the rest of the ids are queued. An unverified caller never queues."""
         outbox = self._caller_outbox()
-        chunks = _rpc.id_chunks(ids)
+        chunks = checks.id_chunks(ids)
         deleted = 0
         for position, chunk in enumerate(chunks):
             error: SupaVectorsError | None = None
@@ -671,7 +674,7 @@ class OfflineLayer:
         if batch[0].op == "delete":
             rows = yield rpcs.DELETE_DOCUMENTS.call({"external_ids": [e.id for e in batch]})
             return len(_rows(rows, rpcs.DELETE_DOCUMENTS.name)), [Change(e.id, deleted=True) for e in batch]
-        prepared = _rpc.prepare_documents(
+        prepared = upsert.prepare_documents(
             [
                 Document(
                     id=e.id,
@@ -682,7 +685,7 @@ class OfflineLayer:
                 for e in batch
             ]
         )
-        _rpc.check_limits(prepared, settings)
+        upsert.check_limits(prepared, settings)
         yield from self._write_flow(prepared, settings, identity)
         return len(batch), [Change(e.id, vector=e.embedding, metadata=e.metadata) for e in batch]
 

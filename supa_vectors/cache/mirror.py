@@ -37,7 +37,8 @@ import numpy.typing as npt
 from pydantic import TypeAdapter
 
 from supa_vectors._core import rpcs
-from supa_vectors._rpc import Flow, StoreSettings
+from supa_vectors._core.ops import Flow
+from supa_vectors._core.settings import StoreSettings
 from supa_vectors.cache.filtering import Predicate
 from supa_vectors.cache.private import private_file
 from supa_vectors.errors import BackendError

@@ -36,15 +36,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors import _rpc
-from supa_vectors._core import rpcs
-from supa_vectors._rpc import (
-    MAX_REQUEST_BYTES,
-    EmbedderLike,
-    StoreSettings,
-    bytes_per_float,
-    vector_request_bytes,
-)
+from supa_vectors._core import rpcs, upsert
+from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
+from supa_vectors._core.upsert import MAX_REQUEST_BYTES, bytes_per_float, vector_request_bytes
 from supa_vectors.errors import (
     AuthError,
     BackendUnavailableError,
@@ -382,7 +376,7 @@ class _Pipeline:
         assert self.embedder is not None
         try:
             output = self.embedder.embed([r.content for r in records])
-            vectors = _rpc.check_embeddings(output, len(records), self.settings.embedding_dimension)
+            vectors = upsert.check_embeddings(output, len(records), self.settings.embedding_dimension)
         except SupaVectorsError as exc:
             if not isinstance(exc, EmbeddingError | InvalidInputError):
                 raise
@@ -698,7 +692,7 @@ def migrate(
     embedder: EmbedderLike | None = None
     if not dry_run:
         embedder = store.embedder
-        _rpc.check_embedder(embedder, settings)
+        check_embedder(embedder, settings)
     if checkpoint is None:
         run_dir.mkdir(parents=True, exist_ok=dry_run)
         checkpoint = Checkpoint(run_dir / _CHECKPOINT)

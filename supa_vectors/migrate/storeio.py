@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from supa_vectors._core import rpcs
-from supa_vectors._rpc import ID_CHUNK_SIZE
+from supa_vectors._core.checks import ID_CHUNK_SIZE
 from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
 from supa_vectors.transport.base import Transport, identity_of
 

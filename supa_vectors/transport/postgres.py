@@ -209,7 +209,7 @@ def _check_timeouts(timeout: float, connect_timeout: float) -> None:
 
 
 class _Base:
-    # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _rpc).
+    # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _core/upsert.py).
     sends_binary_vectors = True
 
     def __init__(self, url: str, identity: Identity, timeout: float, connect_timeout: float) -> None:

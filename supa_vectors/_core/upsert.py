@@ -1,87 +1,61 @@
-"""The sans-I/O core shared by the sync and async stores.
+"""The write path: documents checked and prepared, planned into chunks, written by one flow.
 
-Everything here is plain computation: checking input, building RPC parameters, planning batches, parsing
-rows. Multi-step operations (an upsert reads existing hashes, embeds what changed, writes in chunks) are
-generators that *yield* what they need done (:class:`RpcCall`, :class:`EmbedCall`) and receive the result,
-so ``VectorStore`` and ``AsyncVectorStore`` only differ in how they perform those two kinds of I/O (the
-approach of h11 and httpx). A failed call is thrown back into the generator, which may recover.
+The one chunking rule, the one bulk-load rule (``BULK_MIN_ROWS``) and the one retry of a chunk the
+server found without vectors: the store's upsert, the outbox replay and the migration all write
+through :func:`upsert_flow`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
 from supa_vectors._core import rpcs
-from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
+from supa_vectors._core.ops import EmbedCall, Flow
+from supa_vectors._core.rows import _response, _rows
+from supa_vectors._core.settings import StoreSettings
 from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
     DocumentError,
     EmbeddingError,
-    InvalidInputError,
-    ModelMismatchError,
 )
-from supa_vectors.filters import DEFAULT_FILTER_LIMITS, FilterLimits
 from supa_vectors.models import (
     Document,
-    HybridSearchResult,
-    SearchResult,
-    StoredDocument,
-    StoreStats,
     UpsertResult,
 )
 from supa_vectors.transport.base import sends_binary_vectors
 from supa_vectors.transport.identity import Identity
 
 __all__ = [
+    "BINARY_BYTES_PER_FLOAT",
     "BULK_MIN_ROWS",
     "EMBED_BATCH_SIZE",
-    "ID_CHUNK_SIZE",
     "JSON_BYTES_PER_FLOAT",
+    "MAX_ID_LENGTH",
     "MAX_REQUEST_BYTES",
     "MAX_ROWS_PER_REQUEST",
     "DocumentInput",
     "EmbedCall",
-    "EmbedderLike",
-    "Flow",
-    "HybridTuning",
-    "Op",
     "PreparedDocument",
-    "RpcCall",
     "StoreSettings",
-    "check_embedder",
-    "check_ids",
-    "check_k",
-    "check_page_size",
-    "check_query_text",
-    "check_threshold",
+    "bytes_per_float",
+    "check_embeddings",
+    "check_limits",
     "content_hash",
-    "count_params",
-    "hybrid_params",
-    "hybrid_tuning",
-    "list_params",
-    "match_params",
-    "parse_hybrid_rows",
-    "parse_search_rows",
-    "parse_stats",
-    "parse_stored_document",
+    "plan_chunks",
     "prepare_documents",
-    "query_vector",
     "upsert_flow",
+    "vector_request_bytes",
 ]
-
-T = TypeVar("T")
 
 # bulk_upsert accepts 1000 rows; half leaves room and keeps one failed call cheap to redo.
 MAX_ROWS_PER_REQUEST = 500
@@ -92,8 +66,6 @@ MAX_REQUEST_BYTES = 2_000_000
 # with JSON sizes its 384-d chunks were ~240 rows and the SDK loaded at 0.54x the RPC's 1,000-row rate.
 JSON_BYTES_PER_FLOAT = 21
 BINARY_BYTES_PER_FLOAT = 4
-# get_documents / delete_documents take at most max_result_rows - 1 ids (999 by default).
-ID_CHUNK_SIZE = 500
 # Texts per embedder call: bounds the memory of one ONNX run while keeping batches efficient.
 EMBED_BATCH_SIZE = 64
 # With bulk=None, dropping and rebuilding the vector index only pays off for large loads.
@@ -101,18 +73,6 @@ BULK_MIN_ROWS = 10_000
 MAX_ID_LENGTH = 512
 
 DocumentInput = Document | Mapping[str, Any] | str
-
-
-class EmbedderLike(Protocol):
-    """What the store needs of an embedder (``supa_vectors.embedding.Embedder`` satisfies it)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def dimension(self) -> int: ...
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
 def content_hash(content: str) -> str:
@@ -129,52 +89,6 @@ def bytes_per_float(transport: object) -> int:
 def vector_request_bytes(dimension: int, vector_bytes_per_float: int) -> int:
     """What one document's vector adds to a bulk_upsert request (with its separators)."""
     return dimension * vector_bytes_per_float + 16
-
-
-# --------------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """The store's ``metadata_global``: which model its vectors come from, and the shared limits."""
-
-    embedding_model: str
-    embedding_dimension: int
-    max_content_bytes: int = 1_000_000
-    max_result_rows: int = 1000
-    max_batch_size: int = 1000
-    filter_limits: FilterLimits = DEFAULT_FILTER_LIMITS
-
-    @classmethod
-    def from_json(cls, value: Any) -> StoreSettings:
-        if not isinstance(value, Mapping):
-            raise BackendError(f"store_settings() returned {type(value).__name__}, not an object")
-        try:
-            return cls(
-                embedding_model=str(value["embedding_model"]),
-                embedding_dimension=int(value["embedding_dimension"]),
-                max_content_bytes=int(value.get("max_content_bytes", 1_000_000)),
-                max_result_rows=int(value.get("max_result_rows", 1000)),
-                max_batch_size=int(value.get("max_batch_size", 1000)),
-                filter_limits=FilterLimits.from_settings(value),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BackendError(f"store_settings() is incomplete: {exc!r}") from exc
-
-
-def check_embedder(embedder: EmbedderLike, settings: StoreSettings) -> None:
-    """Refuse an embedder whose vectors would not be comparable with the store's."""
-    if embedder.model_id != settings.embedding_model or embedder.dimension != settings.embedding_dimension:
-        raise ModelMismatchError(
-            f"the embedder produces {embedder.dimension}-dimensional vectors of {embedder.model_id!r}, "
-            f"but this store holds {settings.embedding_dimension}-dimensional vectors of "
-            f"{settings.embedding_model!r}; use the store's model (or migrate the store to the new one)"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# documents
 
 
 @dataclass(frozen=True)
@@ -433,224 +347,3 @@ def upsert_flow(
                     raise BackendError(f"bulk_upsert returned no row for document {doc.index}")
                 results.append(UpsertResult(id=doc.id, status=row["status"]))
     return results
-
-
-# --------------------------------------------------------------------------------------------------
-# ids, search parameters
-
-
-def check_ids(ids: Iterable[str] | str) -> list[str]:
-    """A bare string is one id (not its characters); ids must be non-empty strings."""
-    if isinstance(ids, str):
-        ids = [ids]
-    out = list(ids)
-    for i, value in enumerate(out):
-        if not isinstance(value, str) or not value or text_problem(value, "id"):
-            raise InvalidInputError(
-                f"ids[{i}] must be a non-empty string without NUL or lone surrogates, got {value!r}"
-            )
-    return out
-
-
-def id_chunks(ids: Sequence[str]) -> list[list[str]]:
-    unique = list(dict.fromkeys(ids))
-    return [unique[i : i + ID_CHUNK_SIZE] for i in range(0, len(unique), ID_CHUNK_SIZE)]
-
-
-def check_k(k: int, settings: StoreSettings | None = None, *, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInputError(f"{name} must be a positive integer, got {k!r}")
-    if settings is not None and k > settings.max_result_rows:
-        raise InvalidInputError(
-            f"{name} is {k}; the store returns at most {settings.max_result_rows} rows per call"
-        )
-    return k
-
-
-def check_page_size(page_size: int) -> int:
-    return check_k(page_size, name="page_size")
-
-
-def check_threshold(threshold: float | None) -> float | None:
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise InvalidInputError(f"threshold must be a number, got {threshold!r}")
-    if not -1.0 <= float(threshold) <= 1.0:
-        raise InvalidInputError(f"threshold is {threshold}; cosine similarity lies between -1 and 1")
-    return float(threshold)
-
-
-def check_query_text(query: Any) -> str:
-    if not isinstance(query, str):
-        raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
-        raise InvalidInputError("query must not be empty")
-    if problem := text_problem(query, "query"):
-        raise InvalidInputError(problem)
-    return query
-
-
-def check_weight(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def query_vector(value: Any, dimension: int) -> npt.NDArray[np.float32]:
-    """A caller's query vector as float32, refusing the wrong dimension and non-finite values."""
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"the query vector is not a sequence of numbers: {exc}") from exc
-    if array.ndim != 1 or array.shape[0] != dimension:
-        raise InvalidInputError(
-            f"the query vector has shape {array.shape}; this store holds {dimension}-dimensional vectors"
-        )
-    if not np.isfinite(array).all():
-        raise InvalidInputError("the query vector contains NaN or infinite values")
-    if not array.any():
-        raise InvalidInputError("the query vector is all zeros; cosine similarity is undefined for it")
-    return array
-
-
-def match_params(
-    vector: npt.NDArray[np.float32], k: int, threshold: float | None, filter: dict[str, Any]
-) -> dict[str, Any]:
-    params: dict[str, Any] = {"query_embedding": vector, "match_count": k}
-    if threshold is not None:
-        params["match_threshold"] = threshold
-    if filter:
-        params["filter"] = filter
-    return params
-
-
-@dataclass(frozen=True)
-class HybridTuning:
-    full_text_weight: float
-    semantic_weight: float
-    rrf_k: int
-
-
-def hybrid_tuning(
-    *, full_text_weight: float = 1.0, semantic_weight: float = 1.0, rrf_k: int = 50
-) -> HybridTuning:
-    """Checked before the query is embedded, so a bad argument costs no model run."""
-    full_text_weight = check_weight(full_text_weight, "full_text_weight")
-    semantic_weight = check_weight(semantic_weight, "semantic_weight")
-    if full_text_weight + semantic_weight == 0:
-        raise InvalidInputError("full_text_weight and semantic_weight must not both be 0")
-    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
-        raise InvalidInputError(f"rrf_k must be an integer >= 0, got {rrf_k!r}")
-    return HybridTuning(full_text_weight, semantic_weight, rrf_k)
-
-
-def hybrid_params(
-    text: str, vector: npt.NDArray[np.float32], k: int, filter: dict[str, Any], tuning: HybridTuning
-) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "query_text": text,
-        "query_embedding": vector,
-        "match_count": k,
-        "full_text_weight": tuning.full_text_weight,
-        "semantic_weight": tuning.semantic_weight,
-        "rrf_k": tuning.rrf_k,
-    }
-    if filter:
-        params["filter"] = filter
-    return params
-
-
-def list_params(after_id: int, page_size: int, filter: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {"page_size": page_size, "after_id": after_id}
-    if filter:
-        params["filter"] = filter
-    return params
-
-
-def count_params(checked: dict[str, Any]) -> dict[str, Any]:
-    return {"filter": checked} if checked else {}
-
-
-# --------------------------------------------------------------------------------------------------
-# parsing rows
-
-
-@contextmanager
-def _response(rpc: str) -> Iterator[None]:
-    """A reply that does not fit the contract is the backend's fault, never the caller's input."""
-    try:
-        yield
-    except (ValidationError, KeyError, TypeError, ValueError) as exc:
-        raise BackendError(f"{rpc} returned an unexpected reply: {exc}") from exc
-
-
-def _rows(result: Any, rpc: str) -> list[Mapping[str, Any]]:
-    if not isinstance(result, list) or not all(isinstance(row, Mapping) for row in result):
-        raise BackendError(f"{rpc} returned {type(result).__name__}, not a list of rows")
-    return result
-
-
-def parse_search_rows(result: Any) -> list[SearchResult]:
-    with _response(rpcs.MATCH_DOCUMENTS.name):
-        return [
-            SearchResult(
-                id=row["external_id"],
-                content=row["content"],
-                metadata=row["metadata"],
-                similarity=row["similarity"],
-            )
-            for row in _rows(result, rpcs.MATCH_DOCUMENTS.name)
-        ]
-
-
-def parse_hybrid_rows(result: Any) -> list[HybridSearchResult]:
-    with _response(rpcs.HYBRID_SEARCH.name):
-        return [
-            HybridSearchResult(
-                id=row["external_id"],
-                content=row["content"],
-                metadata=row["metadata"],
-                score=row["score"],
-                similarity=row.get("similarity"),
-                full_text_rank=row.get("full_text_rank"),
-                semantic_rank=row.get("semantic_rank"),
-            )
-            for row in _rows(result, rpcs.HYBRID_SEARCH.name)
-        ]
-
-
-def parse_stored_document(row: Mapping[str, Any]) -> StoredDocument:
-    owner = row.get("owner_id")
-    return StoredDocument(
-        id=row["external_id"],
-        content=row["content"],
-        metadata=row["metadata"],
-        content_hash=row["content_hash"],
-        owner_id=str(owner) if owner is not None else None,
-        updated_at=row.get("updated_at"),
-    )
-
-
-def parse_documents(result: Any, rpc: str) -> list[StoredDocument]:
-    with _response(rpc):
-        return [parse_stored_document(row) for row in _rows(result, rpc)]
-
-
-def order_by_ids(documents: Iterable[StoredDocument], ids: Sequence[str]) -> list[StoredDocument]:
-    """Documents in the order their ids were asked for (own before shared under the same id)."""
-    position = {doc_id: i for i, doc_id in reversed(list(enumerate(ids)))}
-    return sorted(documents, key=lambda d: (position.get(d.id, len(position)), d.owner_id is None))
-
-
-def parse_stats(result: Any) -> StoreStats:
-    with _response(rpcs.STORE_STATS.name):
-        return StoreStats.model_validate(result)
-
-
-def page_after(result: Any) -> tuple[list[StoredDocument], int | None]:
-    """A list_documents page and the keyset cursor for the next one (None when none can follow)."""
-    with _response(rpcs.LIST_DOCUMENTS.name):
-        rows = _rows(result, rpcs.LIST_DOCUMENTS.name)
-        docs = [parse_stored_document(row) for row in rows]
-        return docs, (int(rows[-1]["id"]) if rows else None)
