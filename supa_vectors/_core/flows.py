@@ -25,7 +25,14 @@ import numpy.typing as npt
 
 from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import Flow, RpcCall, SettingsCall
-from supa_vectors._core.rows import order_by_ids, page_after, parse_documents, parse_stats
+from supa_vectors._core.rows import (
+    order_by_ids,
+    page_after,
+    parse_documents,
+    parse_hybrid_rows,
+    parse_search_rows,
+    parse_stats,
+)
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import BULK_MIN_ROWS, DocumentInput
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
@@ -403,7 +410,20 @@ class StoreCore:
             self._check_given_embedder(settings)
         else:
             checked = checks.query_vector(query, settings.embedding_dimension)
-        return (yield from self._offline.search_flow(checked, k, threshold, checked_filter, settings))
+        return (
+            yield from self._offline.read_flow(
+                "search",
+                checked,
+                k,
+                threshold,
+                checked_filter,
+                settings,
+                ask=lambda vector: rpcs.MATCH_DOCUMENTS.call(
+                    checks.match_params(vector, k, threshold, checked_filter)
+                ),
+                parse=parse_search_rows,
+            )
+        )
 
     def _hybrid_flow(
         self, query: str, k: int, filter: Filter | None, options: HybridOptions
@@ -416,7 +436,21 @@ class StoreCore:
         settings: StoreSettings = yield SettingsCall()
         checks.check_k(k, settings)
         self._check_given_embedder(settings)
-        return (yield from self._offline.hybrid_flow(text, k, checked_filter, tuning, settings))
+        return (
+            yield from self._offline.read_flow(
+                "hybrid",
+                text,
+                k,
+                None,
+                checked_filter,
+                settings,
+                ask=lambda vector: rpcs.HYBRID_SEARCH.call(
+                    checks.hybrid_params(text, vector, k, checked_filter, tuning)
+                ),
+                parse=parse_hybrid_rows,
+                tuning={"ft": tuning.full_text_weight, "sem": tuning.semantic_weight, "rrf_k": tuning.rrf_k},
+            )
+        )
 
     def _get_flow(self, ids: Iterable[str] | str) -> Flow[list[StoredDocument]]:
         wanted = checks.check_ids(ids)

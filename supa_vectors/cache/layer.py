@@ -36,10 +36,10 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
-from supa_vectors._core.rows import parse_hybrid_rows, parse_search_rows
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
@@ -81,6 +81,7 @@ __all__ = [
 logger = logging.getLogger("supa_vectors.cache")
 
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 CacheMode = Literal["network-first", "cache-first", "off"]
 ENV_CACHE_DIR = "SUPA_VECTORS_CACHE_DIR"
@@ -364,42 +365,56 @@ class OfflineLayer:
             return None
         return answer
 
-    def search_flow(
+    def read_flow(
         self,
+        kind: Literal["search", "hybrid"],
         query: str | npt.NDArray[np.float32],
         k: int,
         threshold: float | None,
         filter: dict[str, Any],
         settings: StoreSettings,
-    ) -> Flow[list[SearchResult]]:
+        *,
+        ask: Callable[[npt.NDArray[np.float32]], RpcCall],
+        parse: Callable[[Any], Sequence[R]],
+        tuning: dict[str, Any] | None = None,
+    ) -> Flow[list[R]]:
+        """Wrap a search operation's call (``ask`` builds it from the query vector, ``parse`` reads its
+        reply) with the results cache: cache-first answers, the query's vector cached, the answer
+        stored, and when the backend cannot answer, the cached answer or (vector search only, the
+        mirror has no full-text index to fuse with) the mirror's."""
+        result_type: type[Any] = SearchResult if kind == "search" else HybridSearchResult
         scope = self.scope(settings)
-        key = scope.search_key("search", query, k, threshold, filter)
+        key = scope.search_key(kind, query, k, threshold, filter, tuning)
         results = self.results
         generation = results.generation(self.store) if results is not None else 0
         if self.mode == "cache-first" and self.trusted():
             hit = self._cached(key)
             if hit is not None and self._age(hit.created_at) <= self.ttl:
-                return _search_results(hit.rows, "cache", False, self._age(hit.created_at))
+                return _cached_results(result_type, hit.rows, "cache", False, self._age(hit.created_at))
         if isinstance(query, str):
             vector = yield from self._embed_query(scope, query, settings.embedding_dimension)
         else:
             vector = query
         try:
-            reply = yield rpcs.MATCH_DOCUMENTS.call(checks.match_params(vector, k, threshold, filter))
+            reply = yield ask(vector)
         except SupaVectorsError as exc:
-            if not is_outage(exc) or self.mode == "off":
+            if not is_outage(exc) or self.mode == "off" or not self.trusted():
                 raise
-            return self._search_fallback(key, vector, k, threshold, filter, settings, exc)
-        found = parse_search_rows(reply)
+            hit = self._cached(key)
+            if hit is not None:
+                return _cached_results(result_type, hit.rows, "cache", True, self._age(hit.created_at))
+            if kind == "search":
+                return cast(list[R], self._mirror_answer(vector, k, threshold, filter, settings, exc))
+            raise
+        found = list(parse(reply))
         if results is not None:
-            rows = [r.model_dump(include={"id", "content", "metadata", "similarity"}) for r in found]
-            answer = CachedAnswer("search", rows, self.clock(), generation, k, threshold, filter, vector)
+            rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
+            answer = CachedAnswer(kind, rows, self.clock(), generation, k, threshold, filter, vector)
             results.put_answer(key, answer)
         return found
 
-    def _search_fallback(
+    def _mirror_answer(
         self,
-        key: str,
         vector: npt.NDArray[np.float32],
         k: int,
         threshold: float | None,
@@ -407,11 +422,6 @@ class OfflineLayer:
         settings: StoreSettings,
         error: SupaVectorsError,
     ) -> list[SearchResult]:
-        if not self.trusted():
-            raise error
-        hit = self._cached(key)
-        if hit is not None:
-            return _search_results(hit.rows, "cache", True, self._age(hit.created_at))
         mirror = self.mirror()
         if mirror is not None:
             try:
@@ -437,43 +447,6 @@ class OfflineLayer:
             except (sqlite3.Error, OSError, ValueError) as exc:
                 mirror.report("search", exc)
         raise error
-
-    def hybrid_flow(
-        self,
-        text: str,
-        k: int,
-        filter: dict[str, Any],
-        tuning: checks.HybridTuning,
-        settings: StoreSettings,
-    ) -> Flow[list[HybridSearchResult]]:
-        """Hybrid search falls back to the cache only: the mirror has no full-text index to fuse with."""
-        scope = self.scope(settings)
-        tuning_key = {"ft": tuning.full_text_weight, "sem": tuning.semantic_weight, "rrf_k": tuning.rrf_k}
-        key = scope.search_key("hybrid", text, k, None, filter, tuning_key)
-        results = self.results
-        generation = results.generation(self.store) if results is not None else 0
-        if self.mode == "cache-first" and self.trusted():
-            hit = self._cached(key)
-            if hit is not None and self._age(hit.created_at) <= self.ttl:
-                return _hybrid_results(hit.rows, False, self._age(hit.created_at))
-        vector = yield from self._embed_query(scope, text, settings.embedding_dimension)
-        try:
-            reply = yield RpcCall(
-                rpcs.HYBRID_SEARCH.name, checks.hybrid_params(text, vector, k, filter, tuning)
-            )
-        except SupaVectorsError as exc:
-            if not is_outage(exc) or self.mode == "off" or not self.trusted():
-                raise
-            hit = self._cached(key)
-            if hit is None:
-                raise
-            return _hybrid_results(hit.rows, True, self._age(hit.created_at))
-        found = parse_hybrid_rows(reply)
-        if results is not None:
-            rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
-            answer = CachedAnswer("hybrid", rows, self.clock(), generation, k, None, filter, vector)
-            results.put_answer(key, answer)
-        return found
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -767,17 +740,10 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
     return (yield from _relay(flow, lambda op: op, observe))
 
 
-def _search_results(
-    rows: Sequence[Mapping[str, Any]], source: str, stale: bool, age: float
-) -> list[SearchResult]:
+def _cached_results(
+    result_type: type[Any], rows: Sequence[Mapping[str, Any]], source: str, stale: bool, age: float
+) -> list[Any]:
     return [
-        SearchResult.model_validate({**row, "source": source, "stale": stale, "age_seconds": age})
-        for row in rows
-    ]
-
-
-def _hybrid_results(rows: Sequence[Mapping[str, Any]], stale: bool, age: float) -> list[HybridSearchResult]:
-    return [
-        HybridSearchResult.model_validate({**row, "source": "cache", "stale": stale, "age_seconds": age})
+        result_type.model_validate({**row, "source": source, "stale": stale, "age_seconds": age})
         for row in rows
     ]
