@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from supa_vectors._core import rpcs
+from supa_vectors._core.ops import RpcCall
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._text import text_problem
 from supa_vectors.errors import (
@@ -28,10 +30,12 @@ __all__ = [
     "check_threshold",
     "check_weight",
     "count_params",
+    "hybrid_call",
     "hybrid_params",
     "hybrid_tuning",
     "id_chunks",
     "list_params",
+    "match_call",
     "match_params",
     "query_vector",
 ]
@@ -171,3 +175,17 @@ def list_params(after_id: int, page_size: int, filter: dict[str, Any]) -> dict[s
 
 def count_params(checked: dict[str, Any]) -> dict[str, Any]:
     return {"filter": checked} if checked else {}
+
+
+def match_call(
+    vector: npt.NDArray[np.float32], *, k: int, threshold: float | None, filter: dict[str, Any]
+) -> RpcCall:
+    """The ``match_documents`` call for a query vector (the offline layer computes the vector)."""
+    return rpcs.MATCH_DOCUMENTS.call(match_params(vector, k, threshold, filter))
+
+
+def hybrid_call(
+    vector: npt.NDArray[np.float32], *, text: str, k: int, filter: dict[str, Any], tuning: HybridTuning
+) -> RpcCall:
+    """The ``hybrid_search`` call for a query text and its vector."""
+    return rpcs.HYBRID_SEARCH.call(hybrid_params(text, vector, k, filter, tuning))

@@ -34,7 +34,7 @@ from supa_vectors._core.rows import (
     parse_stats,
 )
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
-from supa_vectors._core.upsert import BULK_MIN_ROWS, DocumentInput
+from supa_vectors._core.upsert import DocumentInput, use_bulk_path
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.layer import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, CacheMode, OfflineLayer
 from supa_vectors.cache.mirror import SyncResult
@@ -73,7 +73,6 @@ __all__ = [
     "StoreOptions",
     "default_embedder",
     "run_embedder",
-    "use_bulk_path",
 ]
 
 logger = logging.getLogger("supa_vectors")
@@ -113,13 +112,6 @@ def run_embedder(embedder: EmbedderLike, texts: Sequence[str]) -> npt.NDArray[np
     except Exception as exc:
         # An embedder is third-party code; its failures still arrive as one of ours.
         raise EmbeddingError(f"the embedder failed on {len(texts)} texts: {exc}") from exc
-
-
-def use_bulk_path(bulk: bool | None, count: int) -> bool:
-    """The one bulk-load rule (the store's and the migration's): ``bulk=None`` means "when large"."""
-    if bulk is None:
-        return count >= BULK_MIN_ROWS
-    return bulk
 
 
 class StoreOptions(TypedDict, total=False):
@@ -418,9 +410,7 @@ class StoreCore:
                 threshold,
                 checked_filter,
                 settings,
-                ask=lambda vector: rpcs.MATCH_DOCUMENTS.call(
-                    checks.match_params(vector, k, threshold, checked_filter)
-                ),
+                ask=functools.partial(checks.match_call, k=k, threshold=threshold, filter=checked_filter),
                 parse=parse_search_rows,
             )
         )
@@ -444,8 +434,8 @@ class StoreCore:
                 None,
                 checked_filter,
                 settings,
-                ask=lambda vector: rpcs.HYBRID_SEARCH.call(
-                    checks.hybrid_params(text, vector, k, checked_filter, tuning)
+                ask=functools.partial(
+                    checks.hybrid_call, text=text, k=k, filter=checked_filter, tuning=tuning
                 ),
                 parse=parse_hybrid_rows,
                 tuning={"ft": tuning.full_text_weight, "sem": tuning.semantic_weight, "rrf_k": tuning.rrf_k},

@@ -1,8 +1,9 @@
 """The write path: documents checked and prepared, planned into chunks, written by one flow.
 
-The one chunking rule, the one bulk-load rule (``BULK_MIN_ROWS``) and the one retry of a chunk the
-server found without vectors: the store's upsert, the outbox replay and the migration all write
-through :func:`upsert_flow`.
+The store's upsert and the outbox replay write through :func:`upsert_flow`. The migration keeps its
+own pipeline (threads that look up and embed ahead of the writer, per-record rejection) but shares
+the request budget (``MAX_REQUEST_BYTES``, :func:`vector_request_bytes`), the bulk-load rule
+(:func:`use_bulk_path`) and the one refusal answered by embedding again (:func:`lacks_vectors`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ __all__ = [
     "check_embeddings",
     "check_limits",
     "content_hash",
+    "lacks_vectors",
     "plan_chunks",
     "prepare_documents",
     "upsert_flow",
+    "use_bulk_path",
     "vector_request_bytes",
 ]
 
@@ -62,8 +65,8 @@ MAX_ROWS_PER_REQUEST = 500
 # PostgREST (and the proxies in front of it) refuse large bodies; stay far below the usual limits.
 MAX_REQUEST_BYTES = 2_000_000
 # A float32 written as JSON by Python ("-0.012345678,") takes ~21 bytes: 384 floats ~ 8 kB. A transport
-# that sends vectors in binary (the Postgres transport's vector[]) pays 4, so its chunks are row-bound:
-# with JSON sizes its 384-d chunks were ~240 rows and the SDK loaded at 0.54x the RPC's 1,000-row rate.
+# that sends vectors in binary (the Postgres transport's vector[]) pays 4, so its chunks are row-bound
+# (why sizing them as JSON cost it: decision 0016, "Figures moved out of comments").
 JSON_BYTES_PER_FLOAT = 21
 BINARY_BYTES_PER_FLOAT = 4
 # Texts per embedder call: bounds the memory of one ONNX run while keeping batches efficient.
@@ -71,6 +74,21 @@ EMBED_BATCH_SIZE = 64
 # With bulk=None, dropping and rebuilding the vector index only pays off for large loads.
 BULK_MIN_ROWS = 10_000
 MAX_ID_LENGTH = 512
+
+
+def use_bulk_path(bulk: bool | None, count: int, *, min_rows: int = BULK_MIN_ROWS) -> bool:
+    """The one bulk-load rule, the store's and the migration's: ``bulk`` says, and ``None`` means "when
+    at least ``min_rows``" (a migration, a bulk job, passes its own lower figure)."""
+    if bulk is None:
+        return count >= min_rows
+    return bulk
+
+
+def lacks_vectors(exc: DocumentError) -> bool:
+    """``bulk_upsert`` found a record without a vector it needs (content changed since the lookup, or
+    an owner the lookup could not tell): the one refusal a writer answers by embedding and resending."""
+    return "no embedding" in str(exc)
+
 
 DocumentInput = Document | Mapping[str, Any] | str
 
@@ -334,7 +352,7 @@ def upsert_flow(
             try:
                 rows = yield rpcs.BULK_UPSERT.call(params)
             except DocumentError as exc:
-                if attempt == 0 and "no embedding" in str(exc) and _without(vectors, chunk):
+                if attempt == 0 and lacks_vectors(exc) and _without(vectors, chunk):
                     todo = _without(vectors, chunk)
                     continue
                 raise _renumber(exc, chunk) from exc

@@ -324,8 +324,8 @@ class Mirror:
             return None
         norm = float(np.linalg.norm(vector))
         query = np.asarray(vector, dtype=np.float32) / (norm if norm > 0 else 1.0)
-        # einsum, not `@`: BLAS wakes its worker threads for a matrix this size, and on a busy machine
-        # that wait (measured 15-20 ms at 2,889 rows) dwarfs the product itself (0.1-0.4 ms).
+        # einsum, not `@`: BLAS wakes its worker threads for a matrix this size, and that wait dwarfs
+        # the product itself (figures: docs/decisions/0016, "Figures moved out of comments").
         scores = np.einsum("ij,j->i", index.matrix, query)
         candidates = np.arange(scores.shape[0])
         if predicate is not None:

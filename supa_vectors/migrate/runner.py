@@ -38,7 +38,13 @@ import numpy.typing as npt
 
 from supa_vectors._core import rpcs, upsert
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
-from supa_vectors._core.upsert import MAX_REQUEST_BYTES, bytes_per_float, vector_request_bytes
+from supa_vectors._core.upsert import (
+    MAX_REQUEST_BYTES,
+    bytes_per_float,
+    lacks_vectors,
+    use_bulk_path,
+    vector_request_bytes,
+)
 from supa_vectors.errors import (
     AuthError,
     BackendUnavailableError,
@@ -97,8 +103,8 @@ DEFAULT_STATE_DIR = Path(".supa-vectors") / "migrations"
 DEFAULT_BATCH_SIZE = 256
 # The first batch is small so the writer starts while the embedder works on the second.
 _FIRST_BATCH = 32
-# Loading into an HNSW index costs ~1.4 ms a row; building it over the loaded rows is ~7x cheaper. A
-# migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
+# Building the HNSW index over loaded rows is much cheaper than loading through it (figures: decision
+# 0016). A migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
 # the server still keeps the index unless the load dwarfs what the store holds (decision 0012). The
 # count is of records in the source, never bytes: one oversize file is one record.
 BULK_LOAD_MIN_ROWS = 1_000
@@ -464,7 +470,7 @@ class _Pipeline:
                 send = functools.partial(self.transport.rpc, rpcs.BULK_UPSERT.name, params)
                 rows = call(send, self.options.retry, self.stop)
             except DocumentError as exc:
-                if "no embedding" in str(exc) and not re_embedded:
+                if lacks_vectors(exc) and not re_embedded:
                     # Changed by someone else since the lookup: embed whatever lacks a vector, once.
                     re_embedded = True
                     before = len(batch.rejected)
@@ -907,7 +913,7 @@ class _Run:
         if not isinstance(transport, SupportsSessionUser):
             return
         expected = 0 if self.options.bulk_load is False else _count_records(files, self.options, cursor)
-        wanted = expected >= BULK_LOAD_MIN_ROWS if self.options.bulk_load is None else self.options.bulk_load
+        wanted = use_bulk_path(self.options.bulk_load, expected, min_rows=BULK_LOAD_MIN_ROWS)
         try:
             if wanted:
                 # begin_bulk_load restores an abandoned load's index first, then decides.
