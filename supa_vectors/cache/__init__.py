@@ -2,7 +2,9 @@
 
 It wraps the operations' flows (:mod:`supa_vectors._core.flows`) rather than holding them: a search
 flow hands it the call to make, a write flow its prepared documents, and it adds the cache, the
-breaker, the outbox and the mirror around them. One concern per module, each usable on its own and shared unchanged by the sync and async stores:
+breaker, the outbox and the mirror around them.
+
+One concern per module, each usable on its own and shared unchanged by the sync and async stores:
 
 * :mod:`~supa_vectors.cache.keys`: cache keys (everything that changes an answer, nothing secret).
 * :mod:`~supa_vectors.cache.results`: answers, query embeddings and settings in a bounded diskcache.
