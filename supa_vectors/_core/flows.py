@@ -1,7 +1,7 @@
 """One flow per public operation: its checks, its RPC parameters, its parsing, in one place.
 
-``VectorStore.search`` and ``AsyncVectorStore.search`` are both ``run(flows.search(...))``: a flow is a
-generator that yields what it needs done (:class:`~supa_vectors._core.ops.RpcCall`,
+``VectorStore.search`` and ``AsyncVectorStore.search`` are both ``self._run(self._search_flow(...))``: a
+flow is a generator that yields what it needs done (:class:`~supa_vectors._core.ops.RpcCall`,
 :class:`~supa_vectors._core.ops.EmbedCall`, :class:`~supa_vectors._core.ops.SettingsCall`) and
 receives the answer, or has the failure thrown in, so the two stores only differ in how they perform
 those. Offline behaviour (results cache, breaker, outbox, mirror) wraps these flows' calls in
