@@ -93,7 +93,7 @@ class VectorStore(StoreCore):
 
     def _settings_now(self, *, force: bool) -> StoreSettings:
         if self._settings is None:
-            return self._remember_settings(self._run(self._offline.settings_flow(), force=force))
+            return self._remember_settings(self._run(self._settings_flow(), force=force))
         return self._settings
 
     def _run(self, flow: Flow[T], *, force: bool = False) -> T:
@@ -257,9 +257,7 @@ class AsyncVectorStore(StoreCore):
         if self._settings is None:
             async with self._settings_lock:
                 if self._settings is None:
-                    return self._remember_settings(
-                        await self._run(self._offline.settings_flow(), force=force)
-                    )
+                    return self._remember_settings(await self._run(self._settings_flow(), force=force))
         return self._settings
 
     async def _run(self, flow: Flow[T], *, force: bool = False) -> T:

@@ -280,6 +280,10 @@ class StoreCore:
 
     # ---- shared steps ------------------------------------------------------------------------------
 
+    def _settings_flow(self) -> Flow[tuple[StoreSettings, bool]]:
+        """``store_settings``, parsed, through the offline layer's memory of the last ones seen."""
+        return (yield from self._offline.settings_flow(rpcs.STORE_SETTINGS.call(), StoreSettings.from_json))
+
     def _checked_filter(self, filter: Filter | None) -> Flow[dict[str, Any]]:
         """``filter`` checked against the store's own bounds (read with its settings, once per store;
         offline the last ones seen), so it is refused before any call that would carry it."""

@@ -320,11 +320,14 @@ class OfflineLayer:
 
     # ---- settings ----------------------------------------------------------------------------------
 
-    def settings_flow(self) -> Flow[tuple[StoreSettings, bool]]:
-        """The store's settings and whether they are live; offline, the last ones seen (persisted)."""
+    def settings_flow(
+        self, call: RpcCall, parse: Callable[[Any], StoreSettings]
+    ) -> Flow[tuple[StoreSettings, bool]]:
+        """Wrap the settings operation's ``call``: the settings and whether they are live; offline,
+        the last ones seen (persisted per store and identity, with the schema version)."""
         key = settings_key(self.store, self.identity)
         try:
-            raw = yield rpcs.STORE_SETTINGS.call()
+            raw = yield call
         except SupaVectorsError as exc:
             if not is_outage(exc) or not self.trusted():
                 raise
@@ -332,8 +335,8 @@ class OfflineLayer:
             if cached is None:
                 raise
             self.schema_version = str(cached.get("schema_version", "unknown"))
-            return StoreSettings.from_json(cached), False
-        settings = StoreSettings.from_json(raw)
+            return parse(cached), False
+        settings = parse(raw)
         if isinstance(raw, Mapping):
             self.schema_version = str(raw.get("schema_version", "unknown"))
             if self.results is not None:
