@@ -237,7 +237,7 @@ def run(quick: bool) -> dict[str, float]:
         rows = 20_000 if quick else 100_000
         big = Mirror(base / "synthetic.sqlite3")
         vectors = clustered(rows, seed=5)
-        from supa_vectors._rpc import StoreSettings
+        from supa_vectors._core.settings import StoreSettings
 
         big.reset(StoreSettings(MODEL, DIM), "1")
         for start in range(0, rows, 5000):

@@ -172,13 +172,13 @@ class Loaded:
         return lambda q: _rows([r[0] for r in self.conn.execute(RPC_SQL, [q, ef]).fetchall()])
 
     def sdk_rpc(self, ef: int) -> Search:
-        from supa_vectors import _rpc
+        from supa_vectors._core import checks, rows
 
         transport = self.store.transport
 
         def search(q: F32) -> list[int]:
-            params = {**_rpc.match_params(_rpc.query_vector(q, 384), K, None, {}), "ef_search": ef}
-            return _rows([r.id for r in _rpc.parse_search_rows(transport.rpc("match_documents", params))])
+            params = {**checks.match_params(checks.query_vector(q, 384), K, None, {}), "ef_search": ef}
+            return _rows([r.id for r in rows.parse_search_rows(transport.rpc("match_documents", params))])
 
         return search
 

@@ -1,7 +1,10 @@
 """supa-vectors: semantic document search for Python apps, persisted in Supabase.
 
-The public API is what ``__all__`` lists; everything in underscore-free submodules
-that is not re-exported here may change without notice.
+The public API is what ``__all__`` lists (pinned by ``tests/test_public_api.py``): the two stores,
+their transports and the transport protocols, the models they return, the errors, the filter type
+and its check, the embedder protocol and default, the offline layer's breaker and results. Modules
+whose name starts with ``_`` (``_core``, ``_text``, ``cli._search``...) are private; the public
+names of the others are re-exported here.
 
 ``import supa_vectors`` stays light (a command-line call pays for what it uses, not for the whole SDK):
 only the exceptions, the filter check and the transport protocols are imported with the package; every
@@ -51,10 +54,12 @@ if TYPE_CHECKING:
     )
     from supa_vectors.store import AsyncVectorStore, VectorStore
     from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
+    from supa_vectors.transport.postgrest import AsyncPostgrestTransport, PostgrestTransport
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncPostgresTransport",
+    "AsyncPostgrestTransport",
     "AsyncTransport",
     "AsyncVectorStore",
     "AuthError",
@@ -80,6 +85,7 @@ __all__ = [
     "OnnxEmbedder",
     "PendingWrite",
     "PostgresTransport",
+    "PostgrestTransport",
     "QueryTimeoutError",
     "SearchResult",
     "StoreStats",
@@ -117,6 +123,8 @@ _LAZY = {
     "OnnxEmbedder": "supa_vectors.embedding",
     "PostgresTransport": "supa_vectors.transport.postgres",
     "AsyncPostgresTransport": "supa_vectors.transport.postgres",
+    "PostgrestTransport": "supa_vectors.transport.postgrest",
+    "AsyncPostgrestTransport": "supa_vectors.transport.postgrest",
 }
 
 

@@ -36,8 +36,6 @@ from supa_vectors.errors import FilterError
 __all__ = [
     "COMPARISON_OPERATORS",
     "DEFAULT_FILTER_LIMITS",
-    "FIELD_OPERATORS",
-    "LOGICAL_OPERATORS",
     "MAX_DEPTH",
     "MAX_FIELD_LENGTH",
     "MAX_IN_VALUES",
@@ -48,11 +46,7 @@ __all__ = [
 
 Filter: TypeAlias = Mapping[str, Any]
 
-FIELD_OPERATORS = frozenset(
-    {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$contains", "$exists"}
-)
 COMPARISON_OPERATORS = frozenset({"$gt", "$gte", "$lt", "$lte"})
-LOGICAL_OPERATORS = frozenset({"$and", "$or", "$not"})
 MAX_DEPTH = 10
 MAX_FIELD_LENGTH = 256
 MAX_IN_VALUES = 1000

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from supa_vectors import PostgresTransport, VectorStore
-from supa_vectors._rpc import EMBED_BATCH_SIZE, MAX_ROWS_PER_REQUEST
+from supa_vectors._core.upsert import EMBED_BATCH_SIZE, MAX_ROWS_PER_REQUEST
 from supa_vectors.local import LocalStack
 from supa_vectors.migrate import migrate
 from tests.conftest import REPO_ROOT, FakeEmbedder, bulk_load_min_rows
@@ -150,7 +150,7 @@ def test_a_live_load_is_left_alone_and_an_abandoned_one_is_finished(empty_db: st
 CLIENT = r"""
 import sys
 from supa_vectors import PostgresTransport, VectorStore
-from supa_vectors._rpc import EMBED_BATCH_SIZE, MAX_ROWS_PER_REQUEST
+from supa_vectors._core.upsert import EMBED_BATCH_SIZE, MAX_ROWS_PER_REQUEST
 from tests.conftest import FakeEmbedder
 
 class Gated(FakeEmbedder):

@@ -31,6 +31,7 @@ from supa_vectors import (
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
+    PostgresTransport,
     QueryTimeoutError,
     VectorStore,
 )
@@ -140,18 +141,12 @@ def test_which_failures_are_outages(error: Exception, outage: bool) -> None:
 
 
 def test_store_labels_carry_no_secret() -> None:
-    class Pool:
-        conninfo = "postgresql://app:s3cret@db.example.com:6543/postgres?sslmode=require"
-
-    class WithPool:
-        _pool = Pool()
-
-    class Dsn:
-        class _pool:
-            conninfo = "host=db.example.com port=5432 dbname=app password=s3cret user=me"
-
-    assert store_label(WithPool()) == "postgres:postgresql://db.example.com:6543/postgres"
-    assert store_label(Dsn()) == "postgres:db.example.com:5432/app"
+    url = PostgresTransport("postgresql://app:s3cret@db.example.com:6543/postgres?sslmode=require")
+    dsn = PostgresTransport("host=db.example.com port=5432 dbname=app password=s3cret user=me")
+    assert store_label(url) == "postgres:postgresql://db.example.com:6543/postgres"
+    assert store_label(dsn) == "postgres:db.example.com:5432/app"
+    url.close()
+    dsn.close()
     with PostgrestTransport(url="https://abc.supabase.co", key="sb_secret_key") as transport:
         assert store_label(transport) == "postgrest:https://abc.supabase.co"
         assert "sb_secret_key" not in transport.identity_fingerprint

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from supa_vectors import AsyncVectorStore, DocumentError, VectorStore
-from supa_vectors._cli_migrate import migrate_command
-from supa_vectors._cli_search import search_command
 from supa_vectors.cli import build_parser, main
+from supa_vectors.cli._migrate import migrate_command
+from supa_vectors.cli._search import search_command
 from tests.conftest import CORPUS, REPO_ROOT, FakeEmbedder
 
 EXAMPLES = REPO_ROOT / "examples" / "documents"
@@ -187,7 +187,7 @@ def test_the_async_store_closes_like_httpx_and_the_readme_says_so() -> None:
 def test_the_timeout_comes_from_the_environment_and_is_checked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from supa_vectors._cli_search import open_store
+    from supa_vectors.cli._search import open_store
 
     monkeypatch.setenv("SUPA_VECTORS_TIMEOUT", "soon")
     assert main(["mirror", "sync", "--database-url", "postgresql://u@127.0.0.1:1/db"]) == 1

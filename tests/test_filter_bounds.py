@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supa_vectors import AsyncVectorStore, FilterError, VectorStore, validate_filter
-from supa_vectors._rpc import StoreSettings
+from supa_vectors._core.settings import StoreSettings
 from supa_vectors.filters import DEFAULT_FILTER_LIMITS, FilterLimits
 from supa_vectors.transport.identity import Identity
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport

@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supa_vectors import VectorStore
-from supa_vectors._cli_migrate import migrate_command
 from supa_vectors.cli import build_parser
+from supa_vectors.cli._migrate import migrate_command
 from supa_vectors.errors import AuthError, BackendUnavailableError, InvalidInputError
 from supa_vectors.local import apply_migrations
 from supa_vectors.migrate import FieldMap, Retry, migrate, rollback, runs, verify
@@ -243,7 +243,7 @@ def test_discover_orders_files_and_skips_hidden_folders(tmp_path: Path) -> None:
 
 
 def rules(**kwargs: Any) -> Rules:
-    from supa_vectors._rpc import StoreSettings
+    from supa_vectors._core.settings import StoreSettings
 
     return Rules(settings=StoreSettings("sentence-transformers/all-MiniLM-L6-v2", 384), **kwargs)
 

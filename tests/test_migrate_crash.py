@@ -43,7 +43,7 @@ import sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from tests.conftest import FakeEmbedder
 from supa_vectors.cli import build_parser
-from supa_vectors._cli_migrate import migrate_command
+from supa_vectors.cli._migrate import migrate_command
 
 GATE, FIFO = int(sys.argv[1]), sys.argv[2]
 

@@ -11,8 +11,12 @@ import supa_vectors
 from supa_vectors import ConfigurationError, Identity
 from supa_vectors.config import Target, target_from_env, target_from_url
 
+# Why each is public: the stores and what builds them (transports, Identity, Embedder, OnnxEmbedder,
+# CircuitBreaker), what they return (the models, FlushResult, PendingWrite, SyncResult), what they
+# raise (the errors), and what an app writes for them (Filter, validate_filter, Transport protocols).
 EXPECTED_ALL = [
     "AsyncPostgresTransport",
+    "AsyncPostgrestTransport",
     "AsyncTransport",
     "AsyncVectorStore",
     "AuthError",
@@ -38,6 +42,7 @@ EXPECTED_ALL = [
     "OnnxEmbedder",
     "PendingWrite",
     "PostgresTransport",
+    "PostgrestTransport",
     "QueryTimeoutError",
     "SearchResult",
     "StoreStats",
@@ -61,6 +66,7 @@ def test_every_exported_name_resolves() -> None:
     for name in supa_vectors.__all__:
         assert getattr(supa_vectors, name) is not None, name
     assert supa_vectors.PostgresTransport.__module__ == "supa_vectors.transport.postgres"
+    assert supa_vectors.PostgrestTransport.__module__ == "supa_vectors.transport.postgrest"
     assert supa_vectors.OnnxEmbedder.__module__.startswith("supa_vectors.embedding")
     with pytest.raises(AttributeError):
         _ = supa_vectors.NoSuchThing

@@ -39,9 +39,9 @@ from supa_vectors import (
     StoreStats,
     UpsertResult,
     VectorStore,
-    _rpc,
 )
-from supa_vectors._cli_search import add_search_parser, search_command
+from supa_vectors._core import upsert as _rpc
+from supa_vectors.cli._search import add_search_parser, search_command
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import DIM, MODEL, USER_A, USER_B, FakeEmbedder, bulk_load_min_rows
 
@@ -769,3 +769,22 @@ def test_search_command(clean_url: str) -> None:
     args = parser.parse_args(["search", "x", "--filter", "{not json", "--database-url", clean_url])
     with pytest.raises(FilterError):
         search_command(args, embedder=FakeEmbedder(), out=io.StringIO())
+
+
+class _Interrupt(BaseException):
+    """Like Ctrl-C or a task's cancellation: not an error of ours, and not an ``Exception``."""
+
+
+def test_an_interrupted_bulk_load_still_rebuilds_the_index(
+    store: Store, embedder: FakeEmbedder, clean_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's driver throws every failure into the flow, so the bulk load's own cleanup runs:
+    without ``finish_bulk_load`` the index would stay dropped."""
+
+    def interrupted(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        raise _Interrupt
+
+    monkeypatch.setattr(embedder, "embed", interrupted)
+    with bulk_load_min_rows(clean_url, len(DOCS)), pytest.raises(_Interrupt):
+        store.add(DOCS, bulk=True)
+    assert store.stats().vector_index is True

@@ -33,9 +33,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from supabase import Client, ClientOptions
 
-from supa_vectors import AsyncVectorStore, VectorStore, _cli_migrate, _cli_search, cli
-from supa_vectors._rpc import StoreSettings, prepare_documents
+from supa_vectors import AsyncVectorStore, VectorStore, cli
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.upsert import prepare_documents
 from supa_vectors.cache.keys import Scope
+from supa_vectors.cli import _migrate as _cli_migrate
+from supa_vectors.cli import _search as _cli_search
 from supa_vectors.errors import DocumentError, InvalidInputError, SupaVectorsError
 from supa_vectors.migrate import Retry, migrate
 from supa_vectors.migrate.readers import RawRecord, ReadProblem, SourceFile, read_records

@@ -1,4 +1,8 @@
-"""Keep answering while the backend is unreachable, and lose no write.
+"""The offline layer: keep answering while the backend is unreachable, and lose no write.
+
+It wraps the operations' flows (:mod:`supa_vectors._core.flows`) rather than holding them: a search
+flow hands it the call to make, a write flow its prepared documents, and it adds the cache, the
+breaker, the outbox and the mirror around them.
 
 One concern per module, each usable on its own and shared unchanged by the sync and async stores:
 
@@ -8,7 +12,7 @@ One concern per module, each usable on its own and shared unchanged by the sync 
 * :mod:`~supa_vectors.cache.outbox`: writes queued on disk, replayed in order, idempotently.
 * :mod:`~supa_vectors.cache.mirror`: a local copy of the vectors for offline search of new queries.
 * :mod:`~supa_vectors.cache.filtering`: metadata filters with the server's jsonb semantics.
-* :mod:`~supa_vectors.cache.layer`: the flows that tie them into ``VectorStore``/``AsyncVectorStore``.
+* :mod:`~supa_vectors.cache.layer`: :class:`OfflineLayer`, which wraps a flow's calls with all of them.
 
 See ``docs/decisions/0005-offline-cache-and-outbox.md`` for the choices and measurements.
 """

@@ -14,12 +14,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors.transport.identity import bearer_token, jwt_claims
+from supa_vectors.transport.base import cache_label, subject_of
 
 __all__ = [
     "CACHE_FORMAT",
@@ -48,62 +47,18 @@ def digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _url_label(url: str) -> str:
-    """scheme://host:port/path of a URL, without user, password or query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
-
-
-def _conninfo_label(conninfo: str) -> str:
-    if "://" in conninfo:
-        return "postgres:" + _url_label(conninfo)
-    # A keyword/value DSN ("host=... dbname=... password=..."): keep only where it points.
-    fields = dict(item.split("=", 1) for item in conninfo.split() if "=" in item)
-    return "postgres:{}:{}/{}".format(
-        fields.get("host", ""), fields.get("port", ""), fields.get("dbname", "")
-    )
-
-
 def store_label(transport: object) -> str:
-    """Which store a transport talks to, as a label free of secrets.
-
-    A transport may say so itself with a ``cache_namespace`` attribute (a custom transport, or two
-    logical stores behind one URL); the built-in ones are recognised by their connection target.
-    """
-    namespace = getattr(transport, "cache_namespace", None)
-    if isinstance(namespace, str) and namespace:
-        return "custom:" + namespace
-    conninfo = getattr(getattr(transport, "_pool", None), "conninfo", None)
-    if isinstance(conninfo, str):
-        return _conninfo_label(conninfo)
-    client = getattr(transport, "_client", None)
-    supabase_url = getattr(client, "supabase_url", None)
-    if supabase_url is not None:
-        return "postgrest:" + _url_label(str(supabase_url))
-    kind = type(transport)
-    return f"transport:{kind.__module__}.{kind.__qualname__}"
+    """Which store a transport talks to, as a label free of secrets (the transport says: see
+    :func:`supa_vectors.transport.base.cache_label`)."""
+    return cache_label(transport)
 
 
 def transport_subject(transport: object) -> str | None:
     """The user id (JWT ``sub``) the calls run as, or None (service role, anon, or unknown).
 
-    Only used to tell the caller's own rows from shared ones in the local mirror; PostgREST verifies
-    the token, this merely reads it.
+    Only used to tell the caller's own rows from shared ones in the local mirror.
     """
-    identity = getattr(transport, "identity", None)
-    subject = getattr(identity, "subject", None)
-    if isinstance(subject, str):
-        return subject.lower()
-    client = getattr(transport, "_client", None)
-    headers = getattr(getattr(client, "postgrest", None), "headers", None)
-    if headers is not None:
-        claims = jwt_claims(bearer_token(headers.get("authorization")))
-        sub = claims.get("sub") if claims is not None else None
-        return str(sub).lower() if sub is not None else None
-    return None
+    return subject_of(transport)
 
 
 @dataclass(frozen=True)

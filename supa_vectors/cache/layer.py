@@ -1,7 +1,8 @@
 """The offline layer: what ``VectorStore`` and ``AsyncVectorStore`` do when the backend may be down.
 
-Like :mod:`supa_vectors._rpc`, every multi-step operation here is a generator that yields the network
-and embedder work it needs (:class:`~supa_vectors._rpc.RpcCall`, :class:`~supa_vectors._rpc.EmbedCall`)
+It wraps the operations' flows (:mod:`supa_vectors._core.flows`) with the store's cache, breaker,
+outbox and mirror. Like them, every multi-step part here is a generator that yields the network and
+embedder work it needs (:class:`~supa_vectors._core.ops.RpcCall`, :class:`~supa_vectors._core.ops.EmbedCall`)
 and receives the result or the failure; the two stores only perform those, through the circuit
 breaker. Local disk work (the results cache, the outbox, the mirror) happens inline: it takes
 microseconds to a millisecond, so the async store does it on the loop rather than in a thread.
@@ -35,9 +36,12 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
-from supa_vectors import _rpc
-from supa_vectors._rpc import EMBED_BATCH_SIZE, EmbedCall, Flow, Op, PreparedDocument, RpcCall, StoreSettings
+from supa_vectors._core import checks, rpcs, upsert
+from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import Scope, canonical_json, settings_key, store_label, transport_subject
@@ -77,6 +81,7 @@ __all__ = [
 logger = logging.getLogger("supa_vectors.cache")
 
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 CacheMode = Literal["network-first", "cache-first", "off"]
 ENV_CACHE_DIR = "SUPA_VECTORS_CACHE_DIR"
@@ -315,11 +320,14 @@ class OfflineLayer:
 
     # ---- settings ----------------------------------------------------------------------------------
 
-    def settings_flow(self) -> Flow[tuple[StoreSettings, bool]]:
-        """The store's settings and whether they are live; offline, the last ones seen (persisted)."""
+    def settings_flow(
+        self, call: RpcCall, parse: Callable[[Any], StoreSettings]
+    ) -> Flow[tuple[StoreSettings, bool]]:
+        """Wrap the settings operation's ``call``: the settings and whether they are live; offline,
+        the last ones seen (persisted per store and identity, with the schema version)."""
         key = settings_key(self.store, self.identity)
         try:
-            raw = yield RpcCall("store_settings", {})
+            raw = yield call
         except SupaVectorsError as exc:
             if not is_outage(exc) or not self.trusted():
                 raise
@@ -327,8 +335,8 @@ class OfflineLayer:
             if cached is None:
                 raise
             self.schema_version = str(cached.get("schema_version", "unknown"))
-            return StoreSettings.from_json(cached), False
-        settings = StoreSettings.from_json(raw)
+            return parse(cached), False
+        settings = parse(raw)
         if isinstance(raw, Mapping):
             self.schema_version = str(raw.get("schema_version", "unknown"))
             if self.results is not None:
@@ -346,7 +354,7 @@ class OfflineLayer:
         cached = results.get_vector(key) if results is not None else None
         if cached is not None and cached.shape == (dimension,):
             return cached
-        vector: npt.NDArray[np.float32] = _rpc.check_embeddings((yield EmbedCall([text])), 1, dimension)[0]
+        vector: npt.NDArray[np.float32] = upsert.check_embeddings((yield EmbedCall([text])), 1, dimension)[0]
         if results is not None:
             results.put_vector(key, vector)
         return vector
@@ -360,42 +368,56 @@ class OfflineLayer:
             return None
         return answer
 
-    def search_flow(
+    def read_flow(
         self,
+        kind: Literal["search", "hybrid"],
         query: str | npt.NDArray[np.float32],
         k: int,
         threshold: float | None,
         filter: dict[str, Any],
         settings: StoreSettings,
-    ) -> Flow[list[SearchResult]]:
+        *,
+        ask: Callable[[npt.NDArray[np.float32]], RpcCall],
+        parse: Callable[[Any], Sequence[R]],
+        tuning: dict[str, Any] | None = None,
+    ) -> Flow[list[R]]:
+        """Wrap a search operation's call (``ask`` builds it from the query vector, ``parse`` reads its
+        reply) with the results cache: cache-first answers, the query's vector cached, the answer
+        stored, and when the backend cannot answer, the cached answer or (vector search only, the
+        mirror has no full-text index to fuse with) the mirror's."""
+        result_type: type[Any] = SearchResult if kind == "search" else HybridSearchResult
         scope = self.scope(settings)
-        key = scope.search_key("search", query, k, threshold, filter)
+        key = scope.search_key(kind, query, k, threshold, filter, tuning)
         results = self.results
         generation = results.generation(self.store) if results is not None else 0
         if self.mode == "cache-first" and self.trusted():
             hit = self._cached(key)
             if hit is not None and self._age(hit.created_at) <= self.ttl:
-                return _search_results(hit.rows, "cache", False, self._age(hit.created_at))
+                return _cached_results(result_type, hit.rows, "cache", False, self._age(hit.created_at))
         if isinstance(query, str):
             vector = yield from self._embed_query(scope, query, settings.embedding_dimension)
         else:
             vector = query
         try:
-            reply = yield RpcCall("match_documents", _rpc.match_params(vector, k, threshold, filter))
+            reply = yield ask(vector)
         except SupaVectorsError as exc:
-            if not is_outage(exc) or self.mode == "off":
+            if not is_outage(exc) or self.mode == "off" or not self.trusted():
                 raise
-            return self._search_fallback(key, vector, k, threshold, filter, settings, exc)
-        found = _rpc.parse_search_rows(reply)
+            hit = self._cached(key)
+            if hit is not None:
+                return _cached_results(result_type, hit.rows, "cache", True, self._age(hit.created_at))
+            if kind == "search":
+                return cast(list[R], self._mirror_answer(vector, k, threshold, filter, settings, exc))
+            raise
+        found = list(parse(reply))
         if results is not None:
-            rows = [r.model_dump(include={"id", "content", "metadata", "similarity"}) for r in found]
-            answer = CachedAnswer("search", rows, self.clock(), generation, k, threshold, filter, vector)
+            rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
+            answer = CachedAnswer(kind, rows, self.clock(), generation, k, threshold, filter, vector)
             results.put_answer(key, answer)
         return found
 
-    def _search_fallback(
+    def _mirror_answer(
         self,
-        key: str,
         vector: npt.NDArray[np.float32],
         k: int,
         threshold: float | None,
@@ -403,11 +425,6 @@ class OfflineLayer:
         settings: StoreSettings,
         error: SupaVectorsError,
     ) -> list[SearchResult]:
-        if not self.trusted():
-            raise error
-        hit = self._cached(key)
-        if hit is not None:
-            return _search_results(hit.rows, "cache", True, self._age(hit.created_at))
         mirror = self.mirror()
         if mirror is not None:
             try:
@@ -433,41 +450,6 @@ class OfflineLayer:
             except (sqlite3.Error, OSError, ValueError) as exc:
                 mirror.report("search", exc)
         raise error
-
-    def hybrid_flow(
-        self,
-        text: str,
-        k: int,
-        filter: dict[str, Any],
-        tuning: _rpc.HybridTuning,
-        settings: StoreSettings,
-    ) -> Flow[list[HybridSearchResult]]:
-        """Hybrid search falls back to the cache only: the mirror has no full-text index to fuse with."""
-        scope = self.scope(settings)
-        tuning_key = {"ft": tuning.full_text_weight, "sem": tuning.semantic_weight, "rrf_k": tuning.rrf_k}
-        key = scope.search_key("hybrid", text, k, None, filter, tuning_key)
-        results = self.results
-        generation = results.generation(self.store) if results is not None else 0
-        if self.mode == "cache-first" and self.trusted():
-            hit = self._cached(key)
-            if hit is not None and self._age(hit.created_at) <= self.ttl:
-                return _hybrid_results(hit.rows, False, self._age(hit.created_at))
-        vector = yield from self._embed_query(scope, text, settings.embedding_dimension)
-        try:
-            reply = yield RpcCall("hybrid_search", _rpc.hybrid_params(text, vector, k, filter, tuning))
-        except SupaVectorsError as exc:
-            if not is_outage(exc) or self.mode == "off" or not self.trusted():
-                raise
-            hit = self._cached(key)
-            if hit is None:
-                raise
-            return _hybrid_results(hit.rows, True, self._age(hit.created_at))
-        found = _rpc.parse_hybrid_rows(reply)
-        if results is not None:
-            rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
-            answer = CachedAnswer("hybrid", rows, self.clock(), generation, k, None, filter, vector)
-            results.put_answer(key, answer)
-        return found
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -513,7 +495,7 @@ class OfflineLayer:
             for start in range(0, len(todo), EMBED_BATCH_SIZE):
                 batch = todo[start : start + EMBED_BATCH_SIZE]
                 output = yield EmbedCall([d.content for d in batch])
-                array = _rpc.check_embeddings(output, len(batch), settings.embedding_dimension)
+                array = upsert.check_embeddings(output, len(batch), settings.embedding_dimension)
                 for doc, vector in zip(batch, array, strict=True):
                     found[doc.index] = vector
         writes = [
@@ -535,8 +517,8 @@ class OfflineLayer:
         self, prepared: Sequence[PreparedDocument], settings: StoreSettings, identity: Identity | None
     ) -> Flow[list[UpsertResult]]:
         """The online write, with chunks sized for how this store's transport sends vectors."""
-        return _rpc.upsert_flow(
-            prepared, settings, identity, vector_bytes_per_float=_rpc.bytes_per_float(self._transport)
+        return upsert.upsert_flow(
+            prepared, settings, identity, vector_bytes_per_float=upsert.bytes_per_float(self._transport)
         )
 
     def upsert_flow(
@@ -580,19 +562,19 @@ class OfflineLayer:
         """Delete chunk by chunk; from the first chunk the backend cannot take (or while older writes
         still wait in the outbox), the rest of the ids are queued. An unverified caller never queues."""
         outbox = self._caller_outbox()
-        chunks = _rpc.id_chunks(ids)
+        chunks = checks.id_chunks(ids)
         deleted = 0
         for position, chunk in enumerate(chunks):
             error: SupaVectorsError | None = None
             if outbox is None or not self.has_pending():
                 try:
-                    rows = yield RpcCall("delete_documents", {"external_ids": chunk})
+                    rows = yield rpcs.DELETE_DOCUMENTS.call({"external_ids": chunk})
                 except SupaVectorsError as exc:
                     if outbox is None or not is_outage(exc):
                         raise
                     error = exc
                 else:
-                    gone = [str(row["external_id"]) for row in _rows(rows, "delete_documents")]
+                    gone = [str(row["external_id"]) for row in _rows(rows, rpcs.DELETE_DOCUMENTS.name)]
                     deleted += len(gone)
                     self._record([Change(doc_id, deleted=True) for doc_id in gone])
                     self._forget_in_mirror(chunk)
@@ -622,7 +604,7 @@ class OfflineLayer:
         if not self.trusted():
             # Let the backend judge these credentials (a 2xx records them as accepted); a forged or
             # expired token gets its AuthError here, and never sees the outbox.
-            yield RpcCall("store_settings", {})
+            yield rpcs.STORE_SETTINGS.call()
             if not self.trusted():
                 raise self._untrusted()
         upserted = deleted = 0
@@ -666,9 +648,9 @@ class OfflineLayer:
     ) -> Flow[tuple[int, list[Change]]]:
         """Send one batch of queued writes; returns how many the server took and the changes."""
         if batch[0].op == "delete":
-            rows = yield RpcCall("delete_documents", {"external_ids": [e.id for e in batch]})
-            return len(_rows(rows, "delete_documents")), [Change(e.id, deleted=True) for e in batch]
-        prepared = _rpc.prepare_documents(
+            rows = yield rpcs.DELETE_DOCUMENTS.call({"external_ids": [e.id for e in batch]})
+            return len(_rows(rows, rpcs.DELETE_DOCUMENTS.name)), [Change(e.id, deleted=True) for e in batch]
+        prepared = upsert.prepare_documents(
             [
                 Document(
                     id=e.id,
@@ -679,7 +661,7 @@ class OfflineLayer:
                 for e in batch
             ]
         )
-        _rpc.check_limits(prepared, settings)
+        upsert.check_limits(prepared, settings)
         yield from self._write_flow(prepared, settings, identity)
         return len(batch), [Change(e.id, vector=e.embedding, metadata=e.metadata) for e in batch]
 
@@ -753,7 +735,7 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
                     tracked.vectors[text] = vector
             except (TypeError, ValueError):
                 pass  # upsert_flow reports a malformed embedder output itself
-        elif op.name == "bulk_upsert" and isinstance(reply, list):
+        elif isinstance(op, RpcCall) and op.name == rpcs.BULK_UPSERT.name and isinstance(reply, list):
             for row in reply:
                 if isinstance(row, Mapping) and "external_id" in row and "status" in row:
                     tracked.statuses[str(row["external_id"])] = str(row["status"])
@@ -761,17 +743,10 @@ def _tracking(flow: Flow[list[UpsertResult]], tracked: _Tracked) -> Flow[list[Up
     return (yield from _relay(flow, lambda op: op, observe))
 
 
-def _search_results(
-    rows: Sequence[Mapping[str, Any]], source: str, stale: bool, age: float
-) -> list[SearchResult]:
+def _cached_results(
+    result_type: type[Any], rows: Sequence[Mapping[str, Any]], source: str, stale: bool, age: float
+) -> list[Any]:
     return [
-        SearchResult.model_validate({**row, "source": source, "stale": stale, "age_seconds": age})
-        for row in rows
-    ]
-
-
-def _hybrid_results(rows: Sequence[Mapping[str, Any]], stale: bool, age: float) -> list[HybridSearchResult]:
-    return [
-        HybridSearchResult.model_validate({**row, "source": "cache", "stale": stale, "age_seconds": age})
+        result_type.model_validate({**row, "source": source, "stale": stale, "age_seconds": age})
         for row in rows
     ]

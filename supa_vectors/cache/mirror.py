@@ -36,7 +36,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import TypeAdapter
 
-from supa_vectors._rpc import Flow, RpcCall, StoreSettings
+from supa_vectors._core import rpcs
+from supa_vectors._core.ops import Flow
+from supa_vectors._core.settings import StoreSettings
 from supa_vectors.cache.filtering import Predicate
 from supa_vectors.cache.private import private_file
 from supa_vectors.errors import BackendError
@@ -322,8 +324,8 @@ class Mirror:
             return None
         norm = float(np.linalg.norm(vector))
         query = np.asarray(vector, dtype=np.float32) / (norm if norm > 0 else 1.0)
-        # einsum, not `@`: BLAS wakes its worker threads for a matrix this size, and on a busy machine
-        # that wait (measured 15-20 ms at 2,889 rows) dwarfs the product itself (0.1-0.4 ms).
+        # einsum, not `@`: BLAS wakes its worker threads for a matrix this size, and that wait dwarfs
+        # the product itself (figures: docs/decisions/0016, "Figures moved out of comments").
         scores = np.einsum("ij,j->i", index.matrix, query)
         candidates = np.arange(scores.shape[0])
         if predicate is not None:
@@ -404,7 +406,7 @@ def sync_flow(
         }
         if since is not None:
             params["updated_after"] = since
-        rows = _page((yield RpcCall("list_documents", params)))
+        rows = _page((yield rpcs.LIST_DOCUMENTS.call(params)))
         fetched += mirror.apply(rows, settings.embedding_dimension)
         for row in rows:
             stamp = _as_datetime(row.get("updated_at"))
@@ -415,13 +417,13 @@ def sync_flow(
         after = int(rows[-1]["id"])
 
     removed = 0
-    server_count = int((yield RpcCall("count_documents", {})))
+    server_count = int((yield rpcs.COUNT_DOCUMENTS.call({})))
     if mirror.count() != server_count:
         # Deleted on the server (or by another client): keep only the ids the server still lists.
         seen: set[int] = set()
         after = 0
         while True:
-            rows = _page((yield RpcCall("list_documents", {"page_size": PAGE_SIZE, "after_id": after})))
+            rows = _page((yield rpcs.LIST_DOCUMENTS.call({"page_size": PAGE_SIZE, "after_id": after})))
             seen.update(int(r["id"]) for r in rows)
             if len(rows) < PAGE_SIZE:
                 break

@@ -29,6 +29,7 @@ from typing import Literal
 import psycopg
 from psycopg import errors as pg_errors
 
+from supa_vectors._core import rpcs
 from supa_vectors.errors import LocalStackError
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "find_supabase_cli",
     "list_local_migrations",
     "parse_migration",
-    "restore_vector_index",
+    "rebuild_dropped_index",
     "rollback_last",
     "split_statements",
 ]
@@ -449,7 +450,7 @@ def applied_versions(url: str) -> list[str]:
         raise LocalStackError(f"cannot read the applied migrations: {_one_line(exc)}") from exc
 
 
-def restore_vector_index(url: str) -> bool:
+def rebuild_dropped_index(url: str) -> bool:
     """Rebuild the vector index if a bulk load left it dropped and its loader is gone (after a
     restart, every loader is): the database's ``restore_vector_index()``, as the table owner.
 
@@ -457,8 +458,9 @@ def restore_vector_index(url: str) -> bool:
     """
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            found = conn.execute("select to_regprocedure('public.restore_vector_index()')").fetchone()
-            row = found and found[0] and conn.execute("select public.restore_vector_index()").fetchone()
+            function = f"public.{rpcs.RESTORE_VECTOR_INDEX.name}()"
+            found = conn.execute("select to_regprocedure(%s)", (function,)).fetchone()
+            row = found and found[0] and conn.execute(f"select {function}").fetchone()
     except psycopg.Error as exc:
         raise LocalStackError(f"cannot rebuild the vector index: {_one_line(exc)}") from exc
     rebuilt = bool(row and row[0])

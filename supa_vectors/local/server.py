@@ -557,11 +557,11 @@ class LocalStack:
         try:
             if (self.base_dir / _BOOTSTRAP_PENDING).exists():
                 self._bootstrap(url)
-            from supa_vectors.local.migrations import apply_migrations, restore_vector_index
+            from supa_vectors.local.migrations import apply_migrations, rebuild_dropped_index
 
             apply_migrations(url, self.migrations_dir)
             # A bulk load the restart cut short left the index dropped: its loader is gone for good.
-            restore_vector_index(url)
+            rebuild_dropped_index(url)
         except BaseException:
             with contextlib.suppress(LocalStackError):
                 self._stop_locked()

@@ -21,7 +21,7 @@ from typing import IO
 from supa_vectors.errors import InvalidInputError
 from supa_vectors.migrate.readers import SourceFile
 
-__all__ = ["Backup", "checksum", "checksums", "create_backup", "read_manifest"]
+__all__ = ["Backup", "checksum", "checksums", "create_backup"]
 
 _CHUNK = 1 << 20
 
@@ -130,13 +130,3 @@ def _manifest(run_id: str, entries: list[dict[str, object]]) -> str:
         )
         + "\n"
     )
-
-
-def read_manifest(path: Path) -> dict[str, object]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read the backup manifest {path}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"{path} is not a backup manifest")
-    return value

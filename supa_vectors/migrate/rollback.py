@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from supa_vectors._rpc import transport_identity
+from supa_vectors._core import rpcs
 from supa_vectors.errors import BackendError, InvalidInputError
 from supa_vectors.migrate.report import RollbackReport
-from supa_vectors.transport.base import Transport
+from supa_vectors.transport.base import Transport, identity_of
 
 __all__ = ["list_runs", "rollback_run"]
 
@@ -30,7 +30,7 @@ def rollback_run(transport: Transport, run_id: str, *, force: bool = False) -> R
     before = _run(transport, run_id)
     if before is not None and before.get("status") == "rolled_back":
         return RollbackReport(run_id=run_id, deleted=0, restored=0, conflicts=[], already_rolled_back=True)
-    rows = transport.rpc("rollback_ingest_run", {"run_id": run_id, "force": force})
+    rows = transport.rpc(rpcs.ROLLBACK_INGEST_RUN.name, {"run_id": run_id, "force": force})
     if not isinstance(rows, list):
         raise BackendError(f"rollback_ingest_run returned {type(rows).__name__}, not a list of rows")
     outcomes = [(str(r["external_id"]), str(r["outcome"])) for r in rows if isinstance(r, Mapping)]
@@ -44,7 +44,7 @@ def rollback_run(transport: Transport, run_id: str, *, force: bool = False) -> R
 
 def list_runs(transport: Transport, limit: int = 100) -> list[dict[str, Any]]:
     """The runs the caller can see, newest first, with what each inserted and updated."""
-    rows = transport.rpc("list_ingest_runs", {"page_size": limit})
+    rows = transport.rpc(rpcs.LIST_INGEST_RUNS.name, {"page_size": limit})
     if not isinstance(rows, list):
         raise BackendError(f"list_ingest_runs returned {type(rows).__name__}, not a list of rows")
     return [dict(r) for r in rows if isinstance(r, Mapping)]
@@ -53,7 +53,7 @@ def list_runs(transport: Transport, limit: int = 100) -> list[dict[str, Any]]:
 def _run(transport: Transport, run_id: str) -> Mapping[str, Any] | None:
     """The caller's own run of that name. Runs are per owner: the service role sees every owner's runs
     and owns those with ``owner_id`` null; a signed-in user sees only its own."""
-    identity = transport_identity(transport)
+    identity = identity_of(transport)
     subject = identity.subject if identity is not None else None
     matches = [row for row in list_runs(transport, 1000) if row.get("run_id") == run_id]
     for row in matches:

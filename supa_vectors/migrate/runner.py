@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors import _rpc
-from supa_vectors._rpc import (
+from supa_vectors._core import rpcs, upsert
+from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
+from supa_vectors._core.upsert import (
     MAX_REQUEST_BYTES,
-    EmbedderLike,
-    StoreSettings,
-    SupportsSessionUserRpc,
     bytes_per_float,
+    lacks_vectors,
+    use_bulk_path,
     vector_request_bytes,
 )
 from supa_vectors.errors import (
@@ -87,6 +87,7 @@ from supa_vectors.migrate.validation import (
 )
 from supa_vectors.migrate.verify import verify_files
 from supa_vectors.store import VectorStore
+from supa_vectors.transport.base import SupportsSessionUser
 
 __all__ = [
     "BULK_LOAD_MIN_ROWS",
@@ -102,8 +103,8 @@ DEFAULT_STATE_DIR = Path(".supa-vectors") / "migrations"
 DEFAULT_BATCH_SIZE = 256
 # The first batch is small so the writer starts while the embedder works on the second.
 _FIRST_BATCH = 32
-# Loading into an HNSW index costs ~1.4 ms a row; building it over the loaded rows is ~7x cheaper. A
-# migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
+# Building the HNSW index over loaded rows is much cheaper than loading through it (figures: decision
+# 0016). A migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
 # the server still keeps the index unless the load dwarfs what the store holds (decision 0012). The
 # count is of records in the source, never bytes: one oversize file is one record.
 BULK_LOAD_MIN_ROWS = 1_000
@@ -381,7 +382,7 @@ class _Pipeline:
         assert self.embedder is not None
         try:
             output = self.embedder.embed([r.content for r in records])
-            vectors = _rpc.check_embeddings(output, len(records), self.settings.embedding_dimension)
+            vectors = upsert.check_embeddings(output, len(records), self.settings.embedding_dimension)
         except SupaVectorsError as exc:
             if not isinstance(exc, EmbeddingError | InvalidInputError):
                 raise
@@ -466,10 +467,10 @@ class _Pipeline:
             if any(r.id in batch.vectors for r in records):
                 params["embeddings"] = [batch.vectors.get(r.id) for r in records]
             try:
-                send = functools.partial(self.transport.rpc, "bulk_upsert", params)
+                send = functools.partial(self.transport.rpc, rpcs.BULK_UPSERT.name, params)
                 rows = call(send, self.options.retry, self.stop)
             except DocumentError as exc:
-                if "no embedding" in str(exc) and not re_embedded:
+                if lacks_vectors(exc) and not re_embedded:
                     # Changed by someone else since the lookup: embed whatever lacks a vector, once.
                     re_embedded = True
                     before = len(batch.rejected)
@@ -697,7 +698,7 @@ def migrate(
     embedder: EmbedderLike | None = None
     if not dry_run:
         embedder = store.embedder
-        _rpc.check_embedder(embedder, settings)
+        check_embedder(embedder, settings)
     if checkpoint is None:
         run_dir.mkdir(parents=True, exist_ok=dry_run)
         checkpoint = Checkpoint(run_dir / _CHECKPOINT)
@@ -867,7 +868,7 @@ class _Run:
     def _begin(self) -> None:
         call(
             lambda: self.store.transport.rpc(
-                "begin_ingest_run",
+                rpcs.BEGIN_INGEST_RUN.name,
                 {
                     "run_id": self.run_id,
                     "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
@@ -888,7 +889,8 @@ class _Run:
         summary = report.counts.model_dump() | {"seconds": round(report.seconds, 3)}
         try:
             rows = self.store.transport.rpc(
-                "finish_ingest_run", {"run_id": self.run_id, "final_status": final, "summary": summary}
+                rpcs.FINISH_INGEST_RUN.name,
+                {"run_id": self.run_id, "final_status": final, "summary": summary},
             )
         except SupaVectorsError:
             # The database may be the reason the run stopped; the checkpoint still has everything.
@@ -908,14 +910,14 @@ class _Run:
         """Before the first write: ask for a bulk load when the records to come are many, else only
         restore an index that an interrupted load (this run's last attempt, say) left dropped."""
         transport = self.store.transport
-        if not isinstance(transport, SupportsSessionUserRpc):
+        if not isinstance(transport, SupportsSessionUser):
             return
         expected = 0 if self.options.bulk_load is False else _count_records(files, self.options, cursor)
-        wanted = expected >= BULK_LOAD_MIN_ROWS if self.options.bulk_load is None else self.options.bulk_load
+        wanted = use_bulk_path(self.options.bulk_load, expected, min_rows=BULK_LOAD_MIN_ROWS)
         try:
             if wanted:
                 # begin_bulk_load restores an abandoned load's index first, then decides.
-                began = transport.rpc_as_session_user("begin_bulk_load", {"expected_rows": expected})
+                began = transport.rpc_as_session_user(rpcs.BEGIN_BULK_LOAD.name, {"expected_rows": expected})
                 self.bulk_loading = bool(began)
             else:
                 self._restore_vector_index(transport)
@@ -929,18 +931,18 @@ class _Run:
         if self.bulk_loading:
             self.progress.note(f"bulk load: {expected:,} records, the vector index is rebuilt at the end")
 
-    def _restore_vector_index(self, transport: SupportsSessionUserRpc) -> None:
-        if transport.rpc_as_session_user("restore_vector_index", {}):
+    def _restore_vector_index(self, transport: SupportsSessionUser) -> None:
+        if transport.rpc_as_session_user(rpcs.RESTORE_VECTOR_INDEX.name, {}):
             self.progress.note("rebuilt the vector index that an interrupted bulk load had dropped")
 
     def _finish_bulk_load(self) -> None:
         transport = self.store.transport
-        if self.dry_run or not isinstance(transport, SupportsSessionUserRpc):
+        if self.dry_run or not isinstance(transport, SupportsSessionUser):
             return
         try:
             if self.bulk_loading:
                 self.progress.note("rebuilding the vector index")
-                transport.rpc_as_session_user("finish_bulk_load", {})
+                transport.rpc_as_session_user(rpcs.FINISH_BULK_LOAD.name, {})
             else:
                 # A previous attempt of this run may have been killed with the index dropped.
                 self._restore_vector_index(transport)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from supa_vectors._rpc import ID_CHUNK_SIZE, transport_identity
+from supa_vectors._core import rpcs
+from supa_vectors._core.checks import ID_CHUNK_SIZE
 from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
-from supa_vectors.transport.base import Transport
+from supa_vectors.transport.base import Transport, identity_of
 
 __all__ = ["Retry", "StoredRow", "call", "lookup"]
 
@@ -63,14 +64,14 @@ def lookup(
     A signed-in user sees its own rows and shared ones under the same id but writes only its own; the
     service role writes the shared ones (owner null). Rows the caller would not write are left out.
     """
-    identity = transport_identity(transport)
+    identity = identity_of(transport)
     owner = identity.subject.lower() if identity is not None and identity.subject else None
     found: dict[str, StoredRow] = {}
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), ID_CHUNK_SIZE):
         chunk = unique[start : start + ID_CHUNK_SIZE]
         params: dict[str, Any] = {"external_ids": chunk}
-        rows = call(functools.partial(transport.rpc, "get_documents", params), retry, stop)
+        rows = call(functools.partial(transport.rpc, rpcs.GET_DOCUMENTS.name, params), retry, stop)
         if not isinstance(rows, list):
             raise BackendError(f"get_documents returned {type(rows).__name__}, not a list of rows")
         for row in rows:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from supa_vectors._rpc import MAX_ID_LENGTH, StoreSettings
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.upsert import MAX_ID_LENGTH
 from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import InvalidInputError
 from supa_vectors.migrate.readers import RawRecord

@@ -35,6 +35,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Json, Jsonb
 
+from supa_vectors._core.rpcs import rpc_named
 from supa_vectors.errors import (
     BackendError,
     BackendUnavailableError,
@@ -42,7 +43,7 @@ from supa_vectors.errors import (
     InvalidInputError,
     SupaVectorsError,
 )
-from supa_vectors.transport.base import SCALAR_RPCS, error_for_sqlstate
+from supa_vectors.transport.base import conninfo_label, error_for_sqlstate
 from supa_vectors.transport.identity import SET_IDENTITY_SQL, Identity
 
 __all__ = ["AsyncPostgresTransport", "PostgresTransport"]
@@ -131,7 +132,7 @@ def _plain(row: DictRow) -> dict[str, Any]:
 
 
 def _result(name: str, rows: Sequence[DictRow]) -> Any:
-    if name in SCALAR_RPCS:
+    if rpc_named(name).scalar:
         if not rows:
             return None
         (value,) = rows[0].values()
@@ -208,7 +209,7 @@ def _check_timeouts(timeout: float, connect_timeout: float) -> None:
 
 
 class _Base:
-    # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _rpc).
+    # Vectors go as a binary vector[] parameter, so upserts can send larger chunks (see _core/upsert.py).
     sends_binary_vectors = True
 
     def __init__(self, url: str, identity: Identity, timeout: float, connect_timeout: float) -> None:
@@ -237,6 +238,16 @@ class _Base:
     @property
     def identity_fingerprint(self) -> str:
         return self._identity.fingerprint()
+
+    @property
+    def subject(self) -> str | None:
+        """The user id the calls run as (None for the service role and anon)."""
+        return self._identity.subject
+
+    @property
+    def cache_label(self) -> str:
+        """Host, port and database this transport talks to; never the user or password."""
+        return conninfo_label(self._url)
 
 
 class PostgresTransport(_Base):

