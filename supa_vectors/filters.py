@@ -23,6 +23,7 @@ iterative, so a filter nested 100,000 levels deep is refused with :class:`Filter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -196,12 +197,15 @@ def _spell(place: _Place) -> str:
 
 
 def _string_bytes(text: str, place: _Place, *, key: bool = False) -> int:
-    """Bytes of ``text`` as jsonb prints it: quoted, escaped like json.dumps(ensure_ascii=False), UTF-8."""
+    """Bytes of ``text`` as jsonb prints it: quoted, escaped like json.dumps(ensure_ascii=False), UTF-8.
+
+    The place is spelled out only for an error: spelling it walks the whole chain, which for every
+    string of a deep filter would cost quadratic time."""
+    if "\x00" not in text:
+        with contextlib.suppress(UnicodeEncodeError):
+            return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
     where = f"a key in {_spell(place)}" if key else _spell(place)
-    problem = text_problem(text, where, store="jsonb")
-    if problem:
-        raise FilterError(f"invalid filter: {problem}")
-    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+    raise FilterError(f"invalid filter: {text_problem(text, where, store='jsonb')}")
 
 
 def _scalar_bytes(value: Any, place: _Place) -> int:
