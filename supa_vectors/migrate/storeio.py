@@ -12,14 +12,16 @@ import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from supa_vectors._core import rpcs
 from supa_vectors._core.checks import ID_CHUNK_SIZE
+from supa_vectors._core.flows import sender
+from supa_vectors._core.ops import Driver, EmbedCall, Flow, RpcCall
 from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
 from supa_vectors.transport.base import Transport, identity_of
 
-__all__ = ["Retry", "StoredRow", "call", "lookup"]
+__all__ = ["Retry", "StoredRow", "call", "drive", "lookup"]
 
 T = TypeVar("T")
 
@@ -48,6 +50,30 @@ def call(fn: Callable[[], T], retry: Retry, stop: threading.Event | None = None)
                 raise
             if stop is None:
                 threading.Event().wait(delay)
+
+
+def drive(
+    flow: Flow[T],
+    transport: Transport,
+    retry: Retry,
+    stop: threading.Event | None,
+    embed: Callable[[Sequence[str]], Any],
+) -> T:
+    """Perform a store flow's calls for a migration: each RPC by :func:`call` (so it rides out an
+    outage), each embedding by ``embed``; every failure is thrown into the flow, as the store does."""
+    driver = Driver(flow)
+    while (op := driver.next()) is not None:
+        try:
+            if isinstance(op, EmbedCall):
+                driver.answer(embed(op.texts))
+            elif isinstance(op, RpcCall):
+                send = sender(transport, op)
+                driver.answer(call(functools.partial(send, op.name, op.params), retry, stop))
+            else:
+                raise TypeError(f"a migration does not answer {op!r}")
+        except BaseException as exc:
+            driver.fail(exc)
+    return cast(T, driver.result)
 
 
 @dataclass(frozen=True)
