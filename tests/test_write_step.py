@@ -17,9 +17,10 @@ import psycopg
 import pytest
 
 from supa_vectors import VectorStore
-from supa_vectors._core import upsert
+from supa_vectors._core import rpcs, upsert
 from supa_vectors._core.ops import EmbedCall
-from supa_vectors.errors import DocumentError
+from supa_vectors._core.retry import Retry, call
+from supa_vectors.errors import BackendUnavailableError, DocumentError
 from supa_vectors.migrate import migrate
 from supa_vectors.transport.postgres import PostgresTransport
 from tests.conftest import FakeEmbedder
@@ -103,3 +104,20 @@ def test_a_refusal_of_a_document_sent_with_its_vector_is_not_resent() -> None:
     with pytest.raises(DocumentError) as raised:
         flow.throw(refusal)
     assert raised.value is refusal
+
+
+def test_the_retry_rule_replays_only_what_the_rpc_table_allows() -> None:
+    """One retry rule: an outage is ridden out for an RPC the table marks idempotent, never for one
+    that may not be replayed (a bulk load's DDL)."""
+    sent: list[str] = []
+
+    def unavailable(name: str, params: Any) -> Any:
+        sent.append(name)
+        raise BackendUnavailableError("connection refused")
+
+    quick = Retry(attempts=2, base=0.0, cap=0.0)
+    for op, tries in ((rpcs.BULK_UPSERT.call({}), 3), (rpcs.BEGIN_BULK_LOAD.call({}), 1)):
+        sent.clear()
+        with pytest.raises(BackendUnavailableError):
+            call(unavailable, op, quick)
+        assert sent == [op.name] * tries

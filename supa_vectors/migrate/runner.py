@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors._core import rpcs, upsert
+from supa_vectors._core.retry import Retry, call
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import (
     JOB_BULK_MIN_ROWS,
@@ -75,7 +76,7 @@ from supa_vectors.migrate.report import (
     VerifyReport,
     write_json_report,
 )
-from supa_vectors.migrate.storeio import Retry, StoredRow, call, drive, lookup
+from supa_vectors.migrate.storeio import StoredRow, drive, lookup
 from supa_vectors.migrate.validation import (
     DEFAULT_MAX_METADATA_DEPTH,
     EmbeddingPolicy,
@@ -892,17 +893,12 @@ class _Run:
         return hashes
 
     def _begin(self) -> None:
-        call(
-            lambda: self.store.transport.rpc(
-                rpcs.BEGIN_INGEST_RUN.name,
-                {
-                    "run_id": self.run_id,
-                    "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
-                    "options": self.options.as_json(),
-                },
-            ),
-            self.options.retry,
-        )
+        params = {
+            "run_id": self.run_id,
+            "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
+            "options": self.options.as_json(),
+        }
+        call(self.store.transport.rpc, rpcs.BEGIN_INGEST_RUN.call(params), self.options.retry)
 
     def _end(self, status: str, report: MigrationReport) -> MigrationReport:
         """Record how the run ended; take inserted/updated from the store's run history.

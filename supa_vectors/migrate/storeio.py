@@ -1,14 +1,8 @@
-"""The store calls a migration makes, and how it rides out a lost connection.
-
-A migration runs for minutes to hours, so a database restart or a network blip must not end it: calls
-that failed with "unavailable" or a timeout are retried with backoff. Retrying ``bulk_upsert`` is safe
-because a batch is one transaction — it either committed (the retry finds every record unchanged) or
-left nothing behind. When the retries run out, the error goes up and the run can be resumed.
-"""
+"""The store calls a migration makes: its lookups, and the store's flows performed under the one
+retry rule (:mod:`supa_vectors._core.retry`), so a lost connection does not end a run."""
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,38 +12,13 @@ from supa_vectors._core import rpcs
 from supa_vectors._core.checks import ID_CHUNK_SIZE
 from supa_vectors._core.flows import sender
 from supa_vectors._core.ops import Driver, EmbedCall, Flow, RpcCall
-from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
+from supa_vectors._core.retry import Retry, call
+from supa_vectors.errors import BackendError
 from supa_vectors.transport.base import Transport, identity_of
 
-__all__ = ["Retry", "StoredRow", "call", "drive", "lookup"]
+__all__ = ["Retry", "StoredRow", "drive", "lookup"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Retry:
-    """``attempts`` retries after the first try, waiting ``base * 2**n`` seconds (at most ``cap``)."""
-
-    attempts: int = 6
-    base: float = 0.5
-    cap: float = 10.0
-
-
-def call(fn: Callable[[], T], retry: Retry, stop: threading.Event | None = None) -> T:
-    failures = 0
-    while True:
-        try:
-            return fn()
-        except (BackendUnavailableError, QueryTimeoutError):
-            failures += 1
-            if failures > retry.attempts or (stop is not None and stop.is_set()):
-                raise
-            delay = min(retry.cap, retry.base * 2 ** (failures - 1))
-            # Waiting on the stop event (not sleeping) lets Ctrl-C end the wait at once.
-            if stop is not None and stop.wait(delay):
-                raise
-            if stop is None:
-                threading.Event().wait(delay)
 
 
 def drive(
@@ -67,8 +36,7 @@ def drive(
             if isinstance(op, EmbedCall):
                 driver.answer(embed(op.texts))
             elif isinstance(op, RpcCall):
-                send = sender(transport, op)
-                driver.answer(call(functools.partial(send, op.name, op.params), retry, stop))
+                driver.answer(call(sender(transport, op), op, retry, stop))
             else:
                 raise TypeError(f"a migration does not answer {op!r}")
         except BaseException as exc:
@@ -96,8 +64,7 @@ def lookup(
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), ID_CHUNK_SIZE):
         chunk = unique[start : start + ID_CHUNK_SIZE]
-        params: dict[str, Any] = {"external_ids": chunk}
-        rows = call(functools.partial(transport.rpc, rpcs.GET_DOCUMENTS.name, params), retry, stop)
+        rows = call(transport.rpc, rpcs.GET_DOCUMENTS.call({"external_ids": chunk}), retry, stop)
         if not isinstance(rows, list):
             raise BackendError(f"get_documents returned {type(rows).__name__}, not a list of rows")
         for row in rows:
