@@ -25,15 +25,15 @@ from supa_vectors._core import rpcs
 from supa_vectors._core.ops import EmbedCall, Flow
 from supa_vectors._core.rows import _response, _rows
 from supa_vectors._core.settings import StoreSettings
+from supa_vectors._models import (
+    Document,
+    UpsertResult,
+)
 from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
     DocumentError,
     EmbeddingError,
-)
-from supa_vectors.models import (
-    Document,
-    UpsertResult,
 )
 from supa_vectors.transport.base import sends_binary_vectors
 from supa_vectors.transport.identity import Identity

@@ -46,6 +46,7 @@ from supa_vectors._core.upsert import (
     use_bulk_path,
     vector_request_bytes,
 )
+from supa_vectors._store import VectorStore
 from supa_vectors.errors import (
     AuthError,
     BackendUnavailableError,
@@ -87,7 +88,6 @@ from supa_vectors.migrate.validation import (
     validate,
 )
 from supa_vectors.migrate.verify import verify_files
-from supa_vectors.store import VectorStore
 from supa_vectors.transport.base import SupportsSessionUser
 
 __all__ = [
