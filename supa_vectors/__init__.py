@@ -3,8 +3,13 @@
 The public API is what ``__all__`` lists (pinned by ``tests/test_public_api.py``): the two stores,
 their transports and the transport protocols, the models they return, the errors, the filter type
 and its check, the embedder protocol and default, the offline layer's breaker and results. Modules
-whose name starts with ``_`` (``_core``, ``_text``, ``cli._search``...) are private; the public
-names of the others are re-exported here.
+whose name starts with ``_`` are private (as in httpx): ``_store`` (the stores), ``_models`` (what they
+return), ``_config`` (URLs and the environment), ``_core``, ``_text``, ``cli._search``...; their public
+names are re-exported here, and only from here. The packages without a ``_`` are public by path for a
+reason each (also pinned there): ``errors`` and ``filters`` (imported by path in apps and the docs),
+``transport`` (``supa_vectors.transport.postgres.PostgresTransport`` and the interface a custom
+transport implements), ``embedding`` (the model install), ``migrate`` and ``local`` (APIs of their
+own), ``cli`` (the console script) and ``cache`` (the offline layer, whose names are re-exported).
 
 ``import supa_vectors`` stays light (a command-line call pays for what it uses, not for the whole SDK):
 only the exceptions, the filter check and the transport protocols are imported with the package; every
@@ -39,11 +44,7 @@ from supa_vectors.transport.base import AsyncTransport, Transport
 from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
-    from supa_vectors.cache.breaker import CircuitBreaker
-    from supa_vectors.cache.mirror import SyncResult
-    from supa_vectors.cache.outbox import FlushResult, PendingWrite
-    from supa_vectors.embedding import Embedder, OnnxEmbedder
-    from supa_vectors.models import (
+    from supa_vectors._models import (
         DeleteCount,
         Document,
         HybridSearchResult,
@@ -52,7 +53,11 @@ if TYPE_CHECKING:
         StoreStats,
         UpsertResult,
     )
-    from supa_vectors.store import AsyncVectorStore, VectorStore
+    from supa_vectors._store import AsyncVectorStore, VectorStore
+    from supa_vectors.cache.breaker import CircuitBreaker
+    from supa_vectors.cache.mirror import SyncResult
+    from supa_vectors.cache.outbox import FlushResult, PendingWrite
+    from supa_vectors.embedding import Embedder, OnnxEmbedder
     from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
     from supa_vectors.transport.postgrest import AsyncPostgrestTransport, PostgrestTransport
 __version__ = "0.1.0"
@@ -101,8 +106,8 @@ __all__ = [
 
 # name -> module it is imported from on first access
 _LAZY = {
-    "AsyncVectorStore": "supa_vectors.store",
-    "VectorStore": "supa_vectors.store",
+    "AsyncVectorStore": "supa_vectors._store",
+    "VectorStore": "supa_vectors._store",
     "CircuitBreaker": "supa_vectors.cache.breaker",
     "SyncResult": "supa_vectors.cache.mirror",
     "FlushResult": "supa_vectors.cache.outbox",
@@ -117,7 +122,7 @@ _LAZY = {
             "StoreStats",
             "UpsertResult",
         ),
-        "supa_vectors.models",
+        "supa_vectors._models",
     ),
     "Embedder": "supa_vectors.embedding",
     "OnnxEmbedder": "supa_vectors.embedding",

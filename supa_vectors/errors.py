@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from supa_vectors.models import UpsertResult
+    from supa_vectors._models import UpsertResult
 
 __all__ = [
     "AuthError",

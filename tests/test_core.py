@@ -101,7 +101,7 @@ def _methods(tree: ast.Module, cls: str) -> dict[str, ast.FunctionDef | ast.Asyn
 
 def test_every_store_operation_is_one_line_over_its_flow() -> None:
     """The twins cannot drift: checks, parameters and parsing live in the flow both run."""
-    tree = ast.parse((PACKAGE / "store.py").read_text())
+    tree = ast.parse((PACKAGE / "_store.py").read_text())
     sync, asynchronous = _methods(tree, "VectorStore"), _methods(tree, "AsyncVectorStore")
     assert set(sync) - {"close"} == set(asynchronous) - {"aclose"}
     operations = {

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import supa_vectors
 from supa_vectors import ConfigurationError, Identity
-from supa_vectors.config import Target, target_from_env, target_from_url
+from supa_vectors._config import Target, target_from_env, target_from_url
 
 # Why each is public: the stores and what builds them (transports, Identity, Embedder, OnnxEmbedder,
 # CircuitBreaker), what they return (the models, FlushResult, PendingWrite, SyncResult), what they
@@ -70,6 +71,26 @@ def test_every_exported_name_resolves() -> None:
     assert supa_vectors.OnnxEmbedder.__module__.startswith("supa_vectors.embedding")
     with pytest.raises(AttributeError):
         _ = supa_vectors.NoSuchThing
+
+
+# The modules and packages public by path, each for a reason; every other one is ``_``-prefixed.
+PUBLIC_MODULES = {
+    "errors": "apps catch its classes and the docs import them by path",
+    "filters": "the filter grammar (Filter, validate_filter, the operators) by path, as the docs do",
+    "transport": "PostgresTransport by path (README), and the interface a custom transport implements",
+    "embedding": "the Embedder protocol, OnnxEmbedder and the model install",
+    "migrate": "the migration's own API (migrate, verify, rollback, Retry, reports)",
+    "local": "the embedded local stack, used by tests and the CLI",
+    "cli": "the console script's package",
+    "cache": "the offline layer; its public names (CircuitBreaker, results) are re-exported",
+}
+
+
+def test_every_other_module_is_private() -> None:
+    package = Path(supa_vectors.__file__).parent
+    names = {p.stem for p in package.glob("*.py")} | {p.parent.name for p in package.glob("*/__init__.py")}
+    public = {n for n in names if not n.startswith("_")}
+    assert public == set(PUBLIC_MODULES)
 
 
 def test_every_error_is_a_supa_vectors_error() -> None:

@@ -31,18 +31,18 @@ def loaded_after(code: str) -> set[str]:
 def test_importing_the_package_loads_no_heavy_dependency() -> None:
     loaded = loaded_after("import supa_vectors")
     assert not {name for name in HEAVY if name in loaded}
-    assert "supa_vectors.store" not in loaded
+    assert "supa_vectors._store" not in loaded
 
 
 def test_a_public_name_imports_its_module_on_first_access() -> None:
     loaded = loaded_after("from supa_vectors import CircuitBreaker, SearchResult")
     assert "pydantic" in loaded  # SearchResult is a pydantic model
     assert "supa_vectors.cache.layer" not in loaded  # the breaker alone does not need the cache layer
-    assert "supa_vectors.store" not in loaded
+    assert "supa_vectors._store" not in loaded
 
 
 def test_a_cli_search_does_not_load_the_migration_or_the_model() -> None:
     loaded = loaded_after("from supa_vectors.cli import build_parser; build_parser(['search', 'x'])")
-    assert "supa_vectors.store" in loaded
+    assert "supa_vectors._store" in loaded
     for name in ("supa_vectors.migrate", "supa_vectors.embedding", "onnxruntime", "tokenizers"):
         assert name not in loaded

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 import numpy as np
 import numpy.typing as npt
 
+from supa_vectors._config import target_from_env, target_from_url
 from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import Flow, RpcCall, SettingsCall
 from supa_vectors._core.rows import (
@@ -35,11 +36,18 @@ from supa_vectors._core.rows import (
 )
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import DocumentInput, use_bulk_path
+from supa_vectors._models import (
+    DeleteCount,
+    HybridSearchResult,
+    SearchResult,
+    StoredDocument,
+    StoreStats,
+    UpsertResult,
+)
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.layer import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, CacheMode, OfflineLayer
 from supa_vectors.cache.mirror import SyncResult
 from supa_vectors.cache.outbox import FlushResult, PendingWrite
-from supa_vectors.config import target_from_env, target_from_url
 from supa_vectors.errors import (
     AuthError,
     BackendError,
@@ -50,14 +58,6 @@ from supa_vectors.errors import (
     SupaVectorsError,
 )
 from supa_vectors.filters import Filter, validate_filter
-from supa_vectors.models import (
-    DeleteCount,
-    HybridSearchResult,
-    SearchResult,
-    StoredDocument,
-    StoreStats,
-    UpsertResult,
-)
 from supa_vectors.transport.base import identity_of
 from supa_vectors.transport.identity import Identity
 

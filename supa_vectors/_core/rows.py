@@ -11,14 +11,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from supa_vectors._core import rpcs
-from supa_vectors.errors import (
-    BackendError,
-)
-from supa_vectors.models import (
+from supa_vectors._models import (
     HybridSearchResult,
     SearchResult,
     StoredDocument,
     StoreStats,
+)
+from supa_vectors.errors import (
+    BackendError,
 )
 
 __all__ = [

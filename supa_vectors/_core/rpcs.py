@@ -9,7 +9,8 @@ client must know to move them, and nothing else reads an RPC name from anywhere 
   own statement); ``bulk_upsert`` is keyed by (owner, external_id) and compares content hashes, so a
   replay converges to the same rows; ``delete_documents`` of ids already gone deletes nothing (in
   both, a replay after a lost response reports what the *replay* did). The bulk-load RPCs drop and
-  build an index (DDL that can outlive a timeout): never replayed blindly.
+  build an index (DDL that can outlive a timeout): never replayed blindly. ``begin_ingest_run`` marks
+  a run running by its id (a replay finds it and says ``resumed``).
 * ``vectors``: carries vectors, in its parameters or its rows. ``vectors_beside`` names the record
   parameter a separate vector array (``embeddings``) parallels: the Postgres transport sends it as one
   binary ``vector[]``, PostgREST moves vector i into record i.
@@ -77,7 +78,7 @@ DELETE_DOCUMENTS = Rpc("delete_documents", idempotent=True)
 BEGIN_BULK_LOAD = Rpc("begin_bulk_load", scalar=True, owner=True)
 FINISH_BULK_LOAD = Rpc("finish_bulk_load", scalar=True, owner=True)
 RESTORE_VECTOR_INDEX = Rpc("restore_vector_index", scalar=True, owner=True)
-BEGIN_INGEST_RUN = Rpc("begin_ingest_run")
+BEGIN_INGEST_RUN = Rpc("begin_ingest_run", idempotent=True)
 FINISH_INGEST_RUN = Rpc("finish_ingest_run")
 LIST_INGEST_RUNS = Rpc("list_ingest_runs")
 ROLLBACK_INGEST_RUN = Rpc("rollback_ingest_run")

@@ -1,9 +1,11 @@
 """The write path: documents checked and prepared, planned into chunks, written by one flow.
 
 The store's upsert and the outbox replay write through :func:`upsert_flow`. The migration keeps its
-own pipeline (threads that look up and embed ahead of the writer, per-record rejection) but shares
-the request budget (``MAX_REQUEST_BYTES``, :func:`vector_request_bytes`), the bulk-load rule
-(:func:`use_bulk_path`) and the one refusal answered by embedding again (:func:`lacks_vectors`).
+own pipeline (threads that look up and embed ahead of the writer, per-record rejection) but writes
+each batch through the same step, :func:`send_chunk` (one ``bulk_upsert``, and the one resend when
+the server finds a document without a vector), cuts its batches with the same rule
+(:func:`cut_chunks`: ``MAX_REQUEST_BYTES``, :func:`vector_request_bytes`) and asks for a bulk load by
+the same rule (:func:`use_bulk_path`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,15 +25,15 @@ from supa_vectors._core import rpcs
 from supa_vectors._core.ops import EmbedCall, Flow
 from supa_vectors._core.rows import _response, _rows
 from supa_vectors._core.settings import StoreSettings
+from supa_vectors._models import (
+    Document,
+    UpsertResult,
+)
 from supa_vectors._text import json_problem, printable, text_problem
 from supa_vectors.errors import (
     BackendError,
     DocumentError,
     EmbeddingError,
-)
-from supa_vectors.models import (
-    Document,
-    UpsertResult,
 )
 from supa_vectors.transport.base import sends_binary_vectors
 from supa_vectors.transport.identity import Identity
@@ -40,6 +42,7 @@ __all__ = [
     "BINARY_BYTES_PER_FLOAT",
     "BULK_MIN_ROWS",
     "EMBED_BATCH_SIZE",
+    "JOB_BULK_MIN_ROWS",
     "JSON_BYTES_PER_FLOAT",
     "MAX_ID_LENGTH",
     "MAX_REQUEST_BYTES",
@@ -52,9 +55,11 @@ __all__ = [
     "check_embeddings",
     "check_limits",
     "content_hash",
-    "lacks_vectors",
+    "cut_chunks",
+    "lacks_vector",
     "plan_chunks",
     "prepare_documents",
+    "send_chunk",
     "upsert_flow",
     "use_bulk_path",
     "vector_request_bytes",
@@ -71,23 +76,31 @@ JSON_BYTES_PER_FLOAT = 21
 BINARY_BYTES_PER_FLOAT = 4
 # Texts per embedder call: bounds the memory of one ONNX run while keeping batches efficient.
 EMBED_BATCH_SIZE = 64
-# With bulk=None, dropping and rebuilding the vector index only pays off for large loads.
+# With bulk=None, dropping and rebuilding the vector index only pays off for large loads. These are
+# only when the client *asks* (begin_bulk_load); the server decides whether the index is dropped
+# (bulk_load_min_rows, bulk_load_growth_factor in metadata_global: decision 0012), so a lower figure
+# costs at most one round trip. An app's upsert asks from 10,000 rows; a bulk job (the migration), which
+# knows its whole size up front and runs for minutes, asks from 1,000 (decision 0016).
 BULK_MIN_ROWS = 10_000
+JOB_BULK_MIN_ROWS = 1_000
 MAX_ID_LENGTH = 512
 
 
-def use_bulk_path(bulk: bool | None, count: int, *, min_rows: int = BULK_MIN_ROWS) -> bool:
+def use_bulk_path(bulk: bool | None, count: int, *, job: bool = False) -> bool:
     """The one bulk-load rule, the store's and the migration's: ``bulk`` says, and ``None`` means "when
-    at least ``min_rows``" (a migration, a bulk job, passes its own lower figure)."""
+    at least :data:`BULK_MIN_ROWS`" (:data:`JOB_BULK_MIN_ROWS` for a bulk ``job``)."""
     if bulk is None:
-        return count >= min_rows
+        return count >= (JOB_BULK_MIN_ROWS if job else BULK_MIN_ROWS)
     return bulk
 
 
-def lacks_vectors(exc: DocumentError) -> bool:
-    """``bulk_upsert`` found a record without a vector it needs (content changed since the lookup, or
-    an owner the lookup could not tell): the one refusal a writer answers by embedding and resending."""
-    return "no embedding" in str(exc)
+def lacks_vector(exc: DocumentError, sent: Sequence[object | None]) -> bool:
+    """``bulk_upsert`` refused a document this call sent without a vector: the one refusal a writer
+    answers by embedding and resending (content changed since the lookup, or an owner the lookup could
+    not tell). Recognised by what was sent, not by the message: the refusal names the document
+    (``index``, from the server's ``detail``), and ``sent`` holds its vector or ``None``. Any other
+    refusal of such a document is met again after the resend and raised then."""
+    return exc.index is not None and 0 <= exc.index < len(sent) and sent[exc.index] is None
 
 
 DocumentInput = Document | Mapping[str, Any] | str
@@ -230,6 +243,36 @@ def check_limits(prepared: Sequence[PreparedDocument], settings: StoreSettings) 
             )
 
 
+T = TypeVar("T")
+
+
+def cut_chunks(
+    items: Iterable[T],
+    cost: Callable[[T], int],
+    *,
+    max_rows: int = MAX_ROWS_PER_REQUEST,
+    max_bytes: int = MAX_REQUEST_BYTES,
+    first_rows: int | None = None,
+) -> Iterator[tuple[list[T], bool]]:
+    """The one chunking rule: ``bulk_upsert`` calls of at most ``max_rows`` (``first_rows`` for the
+    first) and about ``max_bytes`` each, ``cost`` being what an item adds to the request. An item
+    larger than ``max_bytes`` on its own travels alone. Lazy, so a migration cuts a source of any size
+    as it reads; each chunk comes with whether it is the last.
+    """
+    current: list[T] = []
+    size = 2  # "[]"
+    limit = max_rows if first_rows is None else min(first_rows, max_rows)
+    for item in items:
+        item_size = cost(item)
+        if current and (len(current) >= limit or size + item_size > max_bytes):
+            yield current, False
+            current, size, limit = [], 2, max_rows
+        current.append(item)
+        size += item_size
+    if current:
+        yield current, True
+
+
 def plan_chunks(
     prepared: Sequence[PreparedDocument],
     dimension: int,
@@ -238,25 +281,16 @@ def plan_chunks(
     max_bytes: int = MAX_REQUEST_BYTES,
     vector_bytes_per_float: int = JSON_BYTES_PER_FLOAT,
 ) -> list[list[PreparedDocument]]:
-    """Split into bulk_upsert calls of at most ``max_rows`` and about ``max_bytes`` each.
+    """Split into bulk_upsert calls by :func:`cut_chunks`.
 
     Sizes assume every document carries its vector, at ``vector_bytes_per_float`` per component (JSON
-    by default, what PostgREST receives); a document larger than ``max_bytes`` on its own travels alone.
+    by default, what PostgREST receives).
     """
-    chunks: list[list[PreparedDocument]] = []
-    current: list[PreparedDocument] = []
-    size = 2
     per_vector = vector_request_bytes(dimension, vector_bytes_per_float)
-    for doc in prepared:
-        doc_size = doc.json_bytes + per_vector
-        if current and (len(current) >= max_rows or size + doc_size > max_bytes):
-            chunks.append(current)
-            current, size = [], 2
-        current.append(doc)
-        size += doc_size
-    if current:
-        chunks.append(current)
-    return chunks
+    chunks = cut_chunks(
+        prepared, lambda doc: doc.json_bytes + per_vector, max_rows=max_rows, max_bytes=max_bytes
+    )
+    return [chunk for chunk, _ in chunks]
 
 
 def check_embeddings(vectors: Any, count: int, dimension: int) -> npt.NDArray[np.float32]:
@@ -306,8 +340,52 @@ def _renumber(exc: DocumentError, chunk: Sequence[PreparedDocument]) -> Document
     return DocumentError(message, index=doc.index, document_id=exc.document_id or doc.id)
 
 
-def _without(vectors: Mapping[int, object], docs: Iterable[PreparedDocument]) -> list[PreparedDocument]:
-    return [d for d in docs if d.index not in vectors]
+def embed_flow(texts: Sequence[str], dimension: int) -> Flow[list[npt.NDArray[np.float32]]]:
+    """Vectors for ``texts``, asked of the embedder :data:`EMBED_BATCH_SIZE` at a time and checked."""
+    vectors: list[npt.NDArray[np.float32]] = []
+    for start in range(0, len(texts), EMBED_BATCH_SIZE):
+        batch = texts[start : start + EMBED_BATCH_SIZE]
+        output = yield EmbedCall(list(batch))
+        vectors.extend(check_embeddings(output, len(batch), dimension))
+    return vectors
+
+
+def send_chunk(
+    documents: Sequence[Mapping[str, Any]],
+    vectors: list[npt.NDArray[np.float32] | None],
+    dimension: int,
+    *,
+    resend: bool = True,
+    given: Sequence[npt.NDArray[np.float32] | None] = (),
+) -> Flow[list[Mapping[str, Any]]]:
+    """One ``bulk_upsert`` of a chunk (one transaction), and its rows.
+
+    ``vectors`` parallels ``documents`` (``None``: the store keeps the stored vector). If the server
+    finds a document sent without a vector it needs (:func:`lacks_vector`) and ``resend``, every
+    document sent without one gets its caller's vector (``given``, parallel to ``documents``) or is
+    embedded, into ``vectors`` (so a caller that resends the chunk later keeps them), and the chunk is
+    sent once more. Other refusals go up as they came.
+    """
+    while True:
+        params: dict[str, Any] = {"documents": list(documents)}
+        if any(v is not None for v in vectors):
+            params["embeddings"] = list(vectors)
+        try:
+            rows = yield rpcs.BULK_UPSERT.call(params)
+        except DocumentError as exc:
+            if not (resend and lacks_vector(exc, vectors)):
+                raise
+            resend = False
+            for i, vector in enumerate(given):
+                if vectors[i] is None:
+                    vectors[i] = vector
+            missing = [i for i, v in enumerate(vectors) if v is None]
+            texts = [str(documents[i]["content"]) for i in missing]
+            for i, vector in zip(missing, (yield from embed_flow(texts, dimension)), strict=True):
+                vectors[i] = vector
+            continue
+        with _response(rpcs.BULK_UPSERT.name):
+            return _rows(rows, rpcs.BULK_UPSERT.name)
 
 
 def upsert_flow(
@@ -333,32 +411,19 @@ def upsert_flow(
             rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": [d.id for d in chunk]})
             with _response(rpcs.GET_DOCUMENTS.name):
                 existing = _existing_hashes(_rows(rows, rpcs.GET_DOCUMENTS.name), identity)
-        vectors: dict[int, npt.NDArray[np.float32]] = {}
-        todo = _without(vectors, (d for d in chunk if existing.get(d.id) != d.content_hash))
-        for attempt in range(2):
-            for doc in todo:
-                if doc.embedding is not None:
-                    vectors[doc.index] = doc.embedding
-            todo = _without(vectors, todo)
-            for start in range(0, len(todo), EMBED_BATCH_SIZE):
-                batch = todo[start : start + EMBED_BATCH_SIZE]
-                output = yield EmbedCall([d.content for d in batch])
-                array = check_embeddings(output, len(batch), dimension)
-                for doc, vector in zip(batch, array, strict=True):
-                    vectors[doc.index] = vector
-            params: dict[str, Any] = {"documents": [d.as_json() for d in chunk]}
-            if vectors:
-                params["embeddings"] = [vectors.get(d.index) for d in chunk]
-            try:
-                rows = yield rpcs.BULK_UPSERT.call(params)
-            except DocumentError as exc:
-                if attempt == 0 and lacks_vectors(exc) and _without(vectors, chunk):
-                    todo = _without(vectors, chunk)
-                    continue
-                raise _renumber(exc, chunk) from exc
-            break
+        todo = [d for d in chunk if d.embedding is None and existing.get(d.id) != d.content_hash]
+        embedded = yield from embed_flow([d.content for d in todo], dimension)
+        fresh = {d.index: v for d, v in zip(todo, embedded, strict=True)}
+        vectors = [
+            fresh.get(d.index, d.embedding if existing.get(d.id) != d.content_hash else None) for d in chunk
+        ]
+        given = [d.embedding for d in chunk]
+        try:
+            rows = yield from send_chunk([d.as_json() for d in chunk], vectors, dimension, given=given)
+        except DocumentError as exc:
+            raise _renumber(exc, chunk) from exc
         with _response(rpcs.BULK_UPSERT.name):
-            by_ordinal = {int(row["ordinal"]): row for row in _rows(rows, rpcs.BULK_UPSERT.name)}
+            by_ordinal = {int(row["ordinal"]): row for row in rows}
             for ordinal, doc in enumerate(chunk, start=1):
                 row = by_ordinal.get(ordinal)
                 if row is None:

@@ -42,6 +42,14 @@ from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
+from supa_vectors._models import (
+    DeleteCount,
+    Document,
+    HybridSearchResult,
+    SearchResult,
+    UpsertResult,
+    UpsertStatus,
+)
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import Scope, canonical_json, settings_key, store_label, transport_subject
@@ -57,14 +65,6 @@ from supa_vectors.errors import (
     ConfigurationError,
     DocumentError,
     SupaVectorsError,
-)
-from supa_vectors.models import (
-    DeleteCount,
-    Document,
-    HybridSearchResult,
-    SearchResult,
-    UpsertResult,
-    UpsertStatus,
 )
 from supa_vectors.transport.identity import Identity
 

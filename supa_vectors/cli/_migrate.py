@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from supa_vectors._core.settings import EmbedderLike
+from supa_vectors._store import VectorStore
 from supa_vectors.cli import GROUP_HELP
 from supa_vectors.cli._search import add_backend_arguments, open_store
 from supa_vectors.errors import InvalidInputError, SupaVectorsError, UsageError
-from supa_vectors.store import VectorStore
 
 if TYPE_CHECKING:
     from supa_vectors.migrate import FieldMap, Progress

@@ -52,7 +52,7 @@ def add_schema_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    from supa_vectors.config import target_from_env, target_from_url
+    from supa_vectors._config import target_from_env, target_from_url
 
     target = target_from_url(args.database_url) if args.database_url else target_from_env()
     if target.kind != "postgres":

@@ -22,21 +22,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from supa_vectors._core.settings import EmbedderLike
-from supa_vectors.cache.breaker import CircuitBreaker
-from supa_vectors.cache.layer import breaker_file, default_cache_dir
-from supa_vectors.cli import GROUP_HELP
-from supa_vectors.config import (
+from supa_vectors._config import (
     ENV_TIMEOUT,
     target_from_env,
     target_from_url,
     timeout_from_env,
     transport_for,
 )
+from supa_vectors._core.settings import EmbedderLike
+from supa_vectors._models import HybridSearchResult, SearchResult
+from supa_vectors._store import VectorStore
+from supa_vectors.cache.breaker import CircuitBreaker
+from supa_vectors.cache.layer import breaker_file, default_cache_dir
+from supa_vectors.cli import GROUP_HELP
 from supa_vectors.errors import ConfigurationError, FilterError, SupaVectorsError, UsageError
 from supa_vectors.filters import comparisons, json_type
-from supa_vectors.models import HybridSearchResult, SearchResult
-from supa_vectors.store import VectorStore
 
 __all__ = [
     "DEFAULT_TIMEOUT",

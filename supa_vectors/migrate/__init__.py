@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from supa_vectors._core.retry import Retry
+from supa_vectors._store import VectorStore
 from supa_vectors.migrate.progress import LogProgress, NullProgress, Progress, progress_for
 from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, discover
 from supa_vectors.migrate.report import (
@@ -41,10 +43,8 @@ from supa_vectors.migrate.runner import (
     migrate,
     new_run_id,
 )
-from supa_vectors.migrate.storeio import Retry
 from supa_vectors.migrate.validation import DEFAULT_MAX_METADATA_DEPTH, EmbeddingPolicy, FieldMap, Rules
 from supa_vectors.migrate.verify import verify_files
-from supa_vectors.store import VectorStore
 
 __all__ = [
     "DEFAULT_STATE_DIR",

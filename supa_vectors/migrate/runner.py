@@ -18,7 +18,6 @@ record unchanged, and the server-side run history still counts it as this run's 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 import shutil
@@ -37,14 +36,17 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors._core import rpcs, upsert
+from supa_vectors._core.retry import Retry, call
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import (
-    MAX_REQUEST_BYTES,
+    JOB_BULK_MIN_ROWS,
     bytes_per_float,
-    lacks_vectors,
+    cut_chunks,
+    send_chunk,
     use_bulk_path,
     vector_request_bytes,
 )
+from supa_vectors._store import VectorStore
 from supa_vectors.errors import (
     AuthError,
     BackendUnavailableError,
@@ -75,7 +77,7 @@ from supa_vectors.migrate.report import (
     VerifyReport,
     write_json_report,
 )
-from supa_vectors.migrate.storeio import Retry, StoredRow, call, lookup
+from supa_vectors.migrate.storeio import StoredRow, drive, lookup
 from supa_vectors.migrate.validation import (
     DEFAULT_MAX_METADATA_DEPTH,
     EmbeddingPolicy,
@@ -86,7 +88,6 @@ from supa_vectors.migrate.validation import (
     validate,
 )
 from supa_vectors.migrate.verify import verify_files
-from supa_vectors.store import VectorStore
 from supa_vectors.transport.base import SupportsSessionUser
 
 __all__ = [
@@ -104,10 +105,10 @@ DEFAULT_BATCH_SIZE = 256
 # The first batch is small so the writer starts while the embedder works on the second.
 _FIRST_BATCH = 32
 # Building the HNSW index over loaded rows is much cheaper than loading through it (figures: decision
-# 0016). A migration is a bulk job, so it asks for a bulk load sooner than an app's upsert does (10,000 rows);
-# the server still keeps the index unless the load dwarfs what the store holds (decision 0012). The
-# count is of records in the source, never bytes: one oversize file is one record.
-BULK_LOAD_MIN_ROWS = 1_000
+# 0016). A migration is a bulk job: use_bulk_path(job=True), the store's rule with the job's figure; the
+# server still keeps the index unless the load dwarfs what the store holds (decision 0012). The count
+# is of records in the source, never bytes: one oversize file is one record.
+BULK_LOAD_MIN_ROWS = JOB_BULK_MIN_ROWS
 _CHECKPOINT = "checkpoint.sqlite3"
 _FILE_PROBLEM = -1  # position of a problem with a whole file
 
@@ -460,26 +461,40 @@ class _Pipeline:
     def _upsert(
         self, batch: _Batch, records: list[ValidRecord], rejected: list[tuple[ValidRecord, Issue]]
     ) -> dict[str, str]:
-        re_embedded = False
-        while records:
-            documents = [self._document(r) for r in records]
-            params: dict[str, Any] = {"documents": documents}
-            if any(r.id in batch.vectors for r in records):
-                params["embeddings"] = [batch.vectors.get(r.id) for r in records]
+        """Write through the store's write step (:func:`~supa_vectors._core.upsert.send_chunk`); what
+        the migration adds: a record the store refuses is rejected alone and the rest resent, and a
+        text the embedder fails on while resending is rejected alone (:meth:`_embed`)."""
+        resend = True  # the one embed-and-resend of a batch
+        dimension = self.settings.embedding_dimension
+
+        def embed(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            nonlocal resend
+            resend = False
+            assert self.embedder is not None
             try:
-                send = functools.partial(self.transport.rpc, rpcs.BULK_UPSERT.name, params)
-                rows = call(send, self.options.retry, self.stop)
+                vectors = upsert.check_embeddings(self.embedder.embed(texts), len(texts), dimension)
+            except Exception as exc:
+                raise _EmbedFailed() from exc
+            batch.embedded += len(texts)
+            return vectors
+
+        while records:
+            vectors = [batch.vectors.get(r.id) for r in records]
+            chunk = send_chunk([self._document(r) for r in records], vectors, dimension, resend=resend)
+            try:
+                rows = drive(chunk, self.transport, self.options.retry, self.stop, embed)
+            except _EmbedFailed:
+                self._keep(batch, records, vectors)
+                # Embed what still lacks a vector one text at a time where it fails, as _prepare does.
+                before = len(batch.rejected)
+                self._embed(batch, [r for r in records if r.id not in batch.vectors])
+                failed = batch.rejected[before:]
+                rejected.extend(failed)
+                failed_ids = {r.id for r, _ in failed}
+                records = [r for r in records if r.id not in failed_ids]
+                continue
             except DocumentError as exc:
-                if lacks_vectors(exc) and not re_embedded:
-                    # Changed by someone else since the lookup: embed whatever lacks a vector, once.
-                    re_embedded = True
-                    before = len(batch.rejected)
-                    self._embed(batch, [r for r in records if r.id not in batch.vectors])
-                    failed = batch.rejected[before:]
-                    rejected.extend(failed)
-                    failed_ids = {r.id for r, _ in failed}
-                    records = [r for r in records if r.id not in failed_ids]
-                    continue
+                self._keep(batch, records, vectors)
                 if exc.index is None or not 0 <= exc.index < len(records):
                     raise
                 bad = records.pop(exc.index)
@@ -488,6 +503,15 @@ class _Pipeline:
                 continue
             return {str(row["external_id"]): str(row["status"]) for row in rows}
         return {}
+
+    @staticmethod
+    def _keep(
+        batch: _Batch, records: Sequence[ValidRecord], vectors: Sequence[npt.NDArray[np.float32] | None]
+    ) -> None:
+        """Vectors the write step embedded stay with the batch, so a resend carries them."""
+        for record, vector in zip(records, vectors, strict=True):
+            if vector is not None:
+                batch.vectors[record.id] = vector
 
     def _document(self, record: ValidRecord) -> dict[str, Any]:
         file = self.files[record.file_index]
@@ -511,6 +535,10 @@ class _Stopped(Exception):
     """The pipeline stopped (a failure in another thread); the failure says why."""
 
 
+class _EmbedFailed(Exception):
+    """The embedder failed while the write step re-embedded; its cause is the failure."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading
 
@@ -522,11 +550,11 @@ def _read(
     checkpoint: Checkpoint,
     cursor: Cursor | None,
     ignored: Counter[str],
-) -> Iterator[ValidRecord | tuple[int, int]]:
+) -> Iterator[tuple[ValidRecord, tuple[int, int]]]:
     """Valid, first-of-their-id records in source order; problems go to the checkpoint as met.
 
-    Yields ``(file index, bytes of it read)`` markers between records so batches know how far the
-    source is settled. Files wholly before the resume cursor are not even opened.
+    Each record comes with ``(file index, bytes of it read)`` so batches know how far the source is
+    settled. Files wholly before the resume cursor are not even opened.
     """
     for item in _after_cursor(files, options.records_keys, rules.fields.content, cursor):
         file = item.file
@@ -566,8 +594,7 @@ def _read(
                 ),
             )
             continue
-        yield record
-        yield (file.index, item.end_offset)
+        yield record, (file.index, item.end_offset)
 
 
 def _count_records(files: Sequence[SourceFile], options: MigrationOptions, cursor: Cursor | None) -> int:
@@ -866,17 +893,12 @@ class _Run:
         return hashes
 
     def _begin(self) -> None:
-        call(
-            lambda: self.store.transport.rpc(
-                rpcs.BEGIN_INGEST_RUN.name,
-                {
-                    "run_id": self.run_id,
-                    "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
-                    "options": self.options.as_json(),
-                },
-            ),
-            self.options.retry,
-        )
+        params = {
+            "run_id": self.run_id,
+            "sources": {"paths": [str(p) for p in self.paths], "files": len(self.files)},
+            "options": self.options.as_json(),
+        }
+        call(self.store.transport.rpc, rpcs.BEGIN_INGEST_RUN.call(params), self.options.retry)
 
     def _end(self, status: str, report: MigrationReport) -> MigrationReport:
         """Record how the run ended; take inserted/updated from the store's run history.
@@ -913,7 +935,7 @@ class _Run:
         if not isinstance(transport, SupportsSessionUser):
             return
         expected = 0 if self.options.bulk_load is False else _count_records(files, self.options, cursor)
-        wanted = use_bulk_path(self.options.bulk_load, expected, min_rows=BULK_LOAD_MIN_ROWS)
+        wanted = use_bulk_path(self.options.bulk_load, expected, job=True)
         try:
             if wanted:
                 # begin_bulk_load restores an abandoned load's index first, then decides.
@@ -954,29 +976,21 @@ class _Run:
     def _feed(
         self, files: Sequence[SourceFile], starts: list[int], cursor: Cursor | None, pipeline: _Pipeline
     ) -> None:
-        limit = self.options.batch_size
-        budget = MAX_REQUEST_BYTES
         per_vector = vector_request_bytes(
             self.settings.embedding_dimension, bytes_per_float(self.store.transport)
         )
-        batch: list[ValidRecord] = []
-        size = 0
+        placed = _read(files, self.rules, self.options, self.checkpoint, cursor, self.ignored)
         seq = 0
-        first_size = min(limit, _FIRST_BATCH)
-        position = (0, 0)
-        for item in _read(files, self.rules, self.options, self.checkpoint, cursor, self.ignored):
-            if isinstance(item, tuple):
-                position = item
-                continue
-            cost = item.json_bytes + per_vector
-            if batch and (len(batch) >= (first_size if seq == 0 else limit) or size + cost > budget):
-                seq = self._submit(pipeline, seq, batch, starts, position, files)
-                batch, size = [], 0
-            batch.append(item)
-            size += cost
-        if batch:
-            last = batch[-1]
-            self._submit(pipeline, seq, batch, starts, (last.file_index, files[last.file_index].size), files)
+        for chunk, last in cut_chunks(
+            placed,
+            lambda item: item[0].json_bytes + per_vector,
+            max_rows=self.options.batch_size,
+            first_rows=_FIRST_BATCH,
+        ):
+            batch = [record for record, _ in chunk]
+            end = batch[-1]
+            position = (end.file_index, files[end.file_index].size) if last else chunk[-1][1]
+            seq = self._submit(pipeline, seq, batch, starts, position, files)
 
     def _submit(
         self,

@@ -1,53 +1,47 @@
-"""The store calls a migration makes, and how it rides out a lost connection.
-
-A migration runs for minutes to hours, so a database restart or a network blip must not end it: calls
-that failed with "unavailable" or a timeout are retried with backoff. Retrying ``bulk_upsert`` is safe
-because a batch is one transaction — it either committed (the retry finds every record unchanged) or
-left nothing behind. When the retries run out, the error goes up and the run can be resumed.
-"""
+"""The store calls a migration makes: its lookups, and the store's flows performed under the one
+retry rule (:mod:`supa_vectors._core.retry`), so a lost connection does not end a run."""
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from supa_vectors._core import rpcs
 from supa_vectors._core.checks import ID_CHUNK_SIZE
-from supa_vectors.errors import BackendError, BackendUnavailableError, QueryTimeoutError
+from supa_vectors._core.flows import sender
+from supa_vectors._core.ops import Driver, EmbedCall, Flow, RpcCall
+from supa_vectors._core.retry import Retry, call
+from supa_vectors.errors import BackendError
 from supa_vectors.transport.base import Transport, identity_of
 
-__all__ = ["Retry", "StoredRow", "call", "lookup"]
+__all__ = ["Retry", "StoredRow", "drive", "lookup"]
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Retry:
-    """``attempts`` retries after the first try, waiting ``base * 2**n`` seconds (at most ``cap``)."""
-
-    attempts: int = 6
-    base: float = 0.5
-    cap: float = 10.0
-
-
-def call(fn: Callable[[], T], retry: Retry, stop: threading.Event | None = None) -> T:
-    failures = 0
-    while True:
+def drive(
+    flow: Flow[T],
+    transport: Transport,
+    retry: Retry,
+    stop: threading.Event | None,
+    embed: Callable[[Sequence[str]], Any],
+) -> T:
+    """Perform a store flow's calls for a migration: each RPC by :func:`call` (so it rides out an
+    outage), each embedding by ``embed``; every failure is thrown into the flow, as the store does."""
+    driver = Driver(flow)
+    while (op := driver.next()) is not None:
         try:
-            return fn()
-        except (BackendUnavailableError, QueryTimeoutError):
-            failures += 1
-            if failures > retry.attempts or (stop is not None and stop.is_set()):
-                raise
-            delay = min(retry.cap, retry.base * 2 ** (failures - 1))
-            # Waiting on the stop event (not sleeping) lets Ctrl-C end the wait at once.
-            if stop is not None and stop.wait(delay):
-                raise
-            if stop is None:
-                threading.Event().wait(delay)
+            if isinstance(op, EmbedCall):
+                driver.answer(embed(op.texts))
+            elif isinstance(op, RpcCall):
+                driver.answer(call(sender(transport, op), op, retry, stop))
+            else:
+                raise TypeError(f"a migration does not answer {op!r}")
+        except BaseException as exc:
+            driver.fail(exc)
+    return cast(T, driver.result)
 
 
 @dataclass(frozen=True)
@@ -70,8 +64,7 @@ def lookup(
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), ID_CHUNK_SIZE):
         chunk = unique[start : start + ID_CHUNK_SIZE]
-        params: dict[str, Any] = {"external_ids": chunk}
-        rows = call(functools.partial(transport.rpc, rpcs.GET_DOCUMENTS.name, params), retry, stop)
+        rows = call(transport.rpc, rpcs.GET_DOCUMENTS.call({"external_ids": chunk}), retry, stop)
         if not isinstance(rows, list):
             raise BackendError(f"get_documents returned {type(rows).__name__}, not a list of rows")
         for row in rows:

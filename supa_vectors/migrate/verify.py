@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supa_vectors._core.retry import Retry
 from supa_vectors.migrate.checkpoint import Checkpoint
 from supa_vectors.migrate.readers import DEFAULT_RECORDS_KEYS, RawRecord, SourceFile, read_records
 from supa_vectors.migrate.report import MAX_PROBLEMS_IN_MEMORY, VerifyDifference, VerifyFile, VerifyReport
-from supa_vectors.migrate.storeio import Retry, StoredRow, lookup
+from supa_vectors.migrate.storeio import StoredRow, lookup
 from supa_vectors.migrate.validation import Rules, ValidRecord, validate
 from supa_vectors.transport.base import Transport
 

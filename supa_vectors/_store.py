@@ -16,17 +16,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from supa_vectors._config import async_transport_for, transport_for
 from supa_vectors._core.checks import check_page_size
 from supa_vectors._core.flows import HybridOptions, Query, StoreCore, StoreOptions, run_embedder
 from supa_vectors._core.ops import Driver, EmbedCall, Flow, Op, RpcCall
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._core.upsert import DocumentInput
-from supa_vectors.cache.mirror import SyncResult
-from supa_vectors.cache.outbox import FlushResult
-from supa_vectors.config import async_transport_for, transport_for
-from supa_vectors.errors import ConfigurationError, SupaVectorsError
-from supa_vectors.filters import Filter, validate_filter
-from supa_vectors.models import (
+from supa_vectors._models import (
     DeleteCount,
     HybridSearchResult,
     SearchResult,
@@ -34,6 +30,10 @@ from supa_vectors.models import (
     StoreStats,
     UpsertResult,
 )
+from supa_vectors.cache.mirror import SyncResult
+from supa_vectors.cache.outbox import FlushResult
+from supa_vectors.errors import ConfigurationError, SupaVectorsError
+from supa_vectors.filters import Filter, validate_filter
 from supa_vectors.transport.base import AsyncTransport, Transport
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class VectorStore(StoreCore):
     ) -> list[UpsertResult]:
         """Insert or update documents; only new or changed content is embedded.
 
-        ``documents`` are :class:`~supa_vectors.models.Document` objects, dicts with the same keys, or
+        ``documents`` are :class:`~supa_vectors._models.Document` objects, dicts with the same keys, or
         plain strings; an id missing is derived from the content (its sha256), so loading the same text
         twice is idempotent. Everything is checked before anything is sent. Large inputs go in several
         requests, each its own transaction: if one fails, the earlier ones stay written, and running
