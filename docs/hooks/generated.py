@@ -56,9 +56,8 @@ def http_reference() -> str:
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
             summary = (operation.get("summary") or operation.get("description") or "").split("\n")[0]
             codes = ", ".join(sorted(operation.get("responses", {})))
-            rows.append(
-                f"| {method.upper()} | `{path}` | {summary} | {_schema_name(body.get('schema', {}))} | {codes} |"
-            )
+            schema = _schema_name(body.get("schema", {}))
+            rows.append(f"| {method.upper()} | `{path}` | {summary} | {schema} | {codes} |")
     title = document.get("info", {}).get("title", "")
     version = document.get("info", {}).get("version", "")
     return f"Generated from `docs/openapi.json` ({title} {version}).\n\n" + "\n".join(rows) + "\n"
@@ -66,7 +65,9 @@ def http_reference() -> str:
 
 def readme_section(name: str) -> str:
     readme = (DOCS.parent / "README.md").read_text()
-    match = re.search(rf"<!-- site section {name} -->\n(.*?)\n<!-- end of site section {name} -->", readme, re.S)
+    match = re.search(
+        rf"<!-- site section {name} -->\n(.*?)\n<!-- end of site section {name} -->", readme, re.S
+    )
     if match is None:
         raise ValueError(f"README.md has no section {name!r}")
     text = match.group(1)
