@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
 
+from supa_vectors.local import LocalStack
 from supa_vectors.transport.identity import SET_IDENTITY_SQL, Identity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +92,22 @@ def bulk_load_min_rows(url: str, rows: int) -> Iterator[None]:
 def act_as(conn: psycopg.Connection, identity: Identity) -> None:
     """Switch role and JWT claims for the rest of the transaction, as PostgREST does per request."""
     conn.execute(SET_IDENTITY_SQL, identity.sql_params())
+
+
+@pytest.fixture
+def own_stack() -> Iterator[LocalStack]:
+    """A local stack of the test's own, to kill: in /tmp so the unprivileged server user (when we are
+    root) can enter it; stopped and deleted afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="supa-vectors-own-stack-", dir="/tmp"))
+    base.chmod(0o755)
+    stack = LocalStack(base_dir=base)
+    try:
+        yield stack
+    finally:
+        try:
+            stack.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 class FakeEmbedder:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,21 +202,6 @@ def test_a_client_killed_mid_load_leaves_the_index_to_the_next_write(empty_db: s
 
 # --------------------------------------------------------------------------------------------------
 # Postgres killed mid-load: local start rebuilds; the outbox's rows are reported, not hidden
-
-
-@pytest.fixture
-def own_stack() -> Iterator[LocalStack]:
-    # A server of our own to kill; /tmp so the unprivileged server user (when we are root) can enter it.
-    base = Path(tempfile.mkdtemp(prefix="supa-vectors-bulk-index-", dir="/tmp"))
-    base.chmod(0o755)
-    stack = LocalStack(base_dir=base)
-    try:
-        yield stack
-    finally:
-        try:
-            stack.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 class KillsTheServer(FakeEmbedder):

@@ -273,21 +273,6 @@ def test_killed_while_a_batch_is_being_written_then_resumed(db: str, tmp_path: P
     assert_exactly_once(db, run_id)
 
 
-@pytest.fixture
-def own_stack() -> Iterator[LocalStack]:
-    # A server of our own to kill; /tmp so the unprivileged server user (when we are root) can enter it.
-    base = Path(tempfile.mkdtemp(prefix="supa-vectors-migrate-crash-", dir="/tmp"))
-    base.chmod(0o755)
-    stack = LocalStack(base_dir=base)
-    try:
-        yield stack
-    finally:
-        try:
-            stack.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-
-
 def test_database_killed_mid_batch_leaves_no_half_batch_and_resume_finishes(
     own_stack: LocalStack, tmp_path: Path
 ) -> None:

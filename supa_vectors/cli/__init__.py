@@ -195,7 +195,11 @@ def _local_start(args: argparse.Namespace) -> int:
     stack = _stack(args, migrations=True)
     if stack.url() is not None:
         print("supa-vectors: the local stack is already running", file=sys.stderr)
-    url = stack.start()
+    return _started(args, stack, stack.start())
+
+
+def _started(args: argparse.Namespace, stack: LocalStack, url: str) -> int:
+    """After ``start`` or ``reset``: the URL on stdout, the outages forgotten, the functions served."""
     print(url)
     _forget_outages()
     if not args.no_functions:
@@ -252,12 +256,7 @@ def _local_status(args: argparse.Namespace) -> int:
 
 def _local_reset(args: argparse.Namespace) -> int:
     stack = _stack(args, migrations=True)
-    url = stack.reset()
-    print(url)
-    _forget_outages()
-    if not args.no_functions:
-        _serve_functions(stack, url)
-    return 0
+    return _started(args, stack, stack.reset())
 
 
 def _local_url(args: argparse.Namespace) -> int:
