@@ -202,6 +202,22 @@ def _pool_kwargs(connect_timeout: float) -> dict[str, Any]:
     }
 
 
+def _pool_options(
+    url: str, *, min_size: int, max_size: int, timeout: float, connect_timeout: float
+) -> dict[str, Any]:
+    """What both pools (blocking and asyncio) are built with, beside their connection class."""
+    return {
+        "conninfo": url,
+        "kwargs": {**_pool_kwargs(connect_timeout), "row_factory": dict_row},
+        "min_size": min_size,
+        "max_size": max_size,
+        "timeout": timeout,
+        "name": _POOL_NAME,
+        # Opened by the first call: a store whose calls the breaker refuses never connects at all.
+        "open": False,
+    }
+
+
 def _check_timeouts(timeout: float, connect_timeout: float) -> None:
     for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
@@ -272,17 +288,11 @@ class PostgresTransport(_Base):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(url, identity or Identity.service(), timeout, connect_timeout)
+        options = _pool_options(
+            url, min_size=min_size, max_size=max_size, timeout=timeout, connect_timeout=connect_timeout
+        )
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[DictRow]] = psycopg_pool.ConnectionPool(
-            url,
-            connection_class=psycopg.Connection[DictRow],
-            kwargs={**_pool_kwargs(connect_timeout), "row_factory": dict_row},
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            configure=_configure,
-            name=_POOL_NAME,
-            # Opened by the first call: a store whose calls the breaker refuses never connects at all.
-            open=False,
+            connection_class=psycopg.Connection[DictRow], configure=_configure, **options
         )
         self._open_lock = threading.Lock()
         self._opened = False
@@ -370,17 +380,12 @@ class AsyncPostgresTransport(_Base):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(url, identity or Identity.service(), timeout, connect_timeout)
+        options = _pool_options(
+            url, min_size=min_size, max_size=max_size, timeout=timeout, connect_timeout=connect_timeout
+        )
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = (
             psycopg_pool.AsyncConnectionPool(
-                url,
-                connection_class=psycopg.AsyncConnection[DictRow],
-                kwargs={**_pool_kwargs(connect_timeout), "row_factory": dict_row},
-                min_size=min_size,
-                max_size=max_size,
-                timeout=timeout,
-                configure=_aconfigure,
-                name=_POOL_NAME,
-                open=False,
+                connection_class=psycopg.AsyncConnection[DictRow], configure=_aconfigure, **options
             )
         )
         self._opened = False
