@@ -17,9 +17,11 @@ __all__ = [
     "Document",
     "HybridSearchResult",
     "ResultSource",
+    "RpcStats",
     "SearchResult",
     "StoreStats",
     "StoredDocument",
+    "TableSize",
     "UpsertResult",
     "UpsertStatus",
 ]
@@ -152,3 +154,32 @@ class StoreStats(BaseModel):
     # The bulk load holding the vector index dropped ({started_at, expected_rows, abandoned}), shown
     # to the service role; ``abandoned`` means its loader is gone and the next owner write rebuilds.
     bulk_load: dict[str, Any] | None = None
+
+
+class RpcStats(BaseModel):
+    """One RPC's figures from ``pg_stat_statements`` since its last reset, every role's calls
+    (``store_rpc_stats``, service role only). The p95 is an estimate (mean + 1.645 standard deviations,
+    capped at the maximum): the extension keeps no percentiles (decision 0018)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rpc: str
+    calls: int
+    total_ms: float
+    mean_ms: float | None
+    p95_estimate_ms: float | None
+    max_ms: float | None
+    rows_returned: int
+
+
+class TableSize(BaseModel):
+    """A table (with its TOAST and indexes) or one index of the store, on disk (``store_table_sizes``,
+    service role only); rows are the planner's estimate, not a count."""
+
+    model_config = ConfigDict(frozen=True)
+
+    relation: str
+    kind: Literal["table", "index"]
+    table_name: str
+    bytes: int
+    estimated_rows: int

@@ -25,9 +25,11 @@ from supa_vectors._core.upsert import DocumentInput
 from supa_vectors._models import (
     DeleteCount,
     HybridSearchResult,
+    RpcStats,
     SearchResult,
     StoredDocument,
     StoreStats,
+    TableSize,
     UpsertResult,
 )
 from supa_vectors.cache.mirror import SyncResult
@@ -200,6 +202,14 @@ class VectorStore(StoreCore):
         """What the store holds (documents, embeddings, models) and its settings."""
         return self._run(self._stats_flow())
 
+    def rpc_stats(self) -> list[RpcStats]:
+        """How each RPC performs (calls, time, rows; every role's calls), for the service role."""
+        return self._run(self._rpc_stats_flow())
+
+    def table_sizes(self) -> list[TableSize]:
+        """Bytes of each table and index of the store, for the service role."""
+        return self._run(self._table_sizes_flow())
+
     def flush(self) -> FlushResult:
         """Replay the outbox now, in order; raises the backend's error if it is still unreachable.
 
@@ -346,6 +356,14 @@ class AsyncVectorStore(StoreCore):
     async def stats(self) -> StoreStats:
         """See :meth:`VectorStore.stats`."""
         return await self._run(self._stats_flow())
+
+    async def rpc_stats(self) -> list[RpcStats]:
+        """See :meth:`VectorStore.rpc_stats`."""
+        return await self._run(self._rpc_stats_flow())
+
+    async def table_sizes(self) -> list[TableSize]:
+        """See :meth:`VectorStore.table_sizes`."""
+        return await self._run(self._table_sizes_flow())
 
     async def flush(self) -> FlushResult:
         """See :meth:`VectorStore.flush`; a flush already running elsewhere is not waited for

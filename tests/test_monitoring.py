@@ -3,10 +3,13 @@ store's RPCs perform and how large it is, for service_role only, counting every 
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
-from supa_vectors import VectorStore
+from supa_vectors import AsyncPostgresTransport, AsyncVectorStore, AuthError, VectorStore
+from supa_vectors.cli import main
 from supa_vectors.transport.identity import Identity
 from supa_vectors.transport.postgres import PostgresTransport
 from tests.conftest import USER_A, FakeEmbedder, act_as
@@ -70,3 +73,32 @@ def test_only_the_service_role_may_read_them(conn: psycopg.Connection, role: str
     act_as(conn, Identity.anonymous() if role == "anon" else Identity.user(USER_A))
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(call)
+
+
+def test_the_stores_and_the_cli_read_them(clean_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with VectorStore(PostgresTransport(clean_url), embedder=FakeEmbedder(), cache="off") as service:
+        service.add([{"id": "d1", "content": "coffee note"}])
+        service.search("coffee", k=1)
+        stats = {row.rpc: row for row in service.rpc_stats()}
+        assert stats["match_documents"].calls >= 1
+        assert any(size.relation == "embeddings_embedding_hnsw_idx" for size in service.table_sizes())
+    user = Identity.user(USER_A)
+    with (
+        VectorStore(
+            PostgresTransport(clean_url, identity=user), embedder=FakeEmbedder(), cache="off"
+        ) as store,
+        pytest.raises(AuthError),
+    ):
+        store.rpc_stats()
+    assert main(["stats", "--json", "--database-url", clean_url]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["store"]["vector_index"] is True
+    assert "match_documents" in {row["rpc"] for row in printed["rpcs"]}
+
+
+async def test_the_async_store_reads_them_too(clean_url: str) -> None:
+    async with AsyncVectorStore(
+        AsyncPostgresTransport(clean_url), embedder=FakeEmbedder(), cache="off"
+    ) as store:
+        assert any(size.table_name == "documents" for size in await store.table_sizes())
+        assert isinstance(await store.rpc_stats(), list)

@@ -31,17 +31,21 @@ from supa_vectors._core.rows import (
     page_after,
     parse_documents,
     parse_hybrid_rows,
+    parse_rpc_stats,
     parse_search_rows,
     parse_stats,
+    parse_table_sizes,
 )
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import DocumentInput, use_bulk_path
 from supa_vectors._models import (
     DeleteCount,
     HybridSearchResult,
+    RpcStats,
     SearchResult,
     StoredDocument,
     StoreStats,
+    TableSize,
     UpsertResult,
 )
 from supa_vectors.cache.breaker import CircuitBreaker, is_outage
@@ -477,6 +481,12 @@ class StoreCore:
     def _stats_flow(self) -> Flow[StoreStats]:
         yield from self._maybe_flush()
         return parse_stats((yield rpcs.STORE_STATS.call()))
+
+    def _rpc_stats_flow(self) -> Flow[list[RpcStats]]:
+        return parse_rpc_stats((yield rpcs.STORE_RPC_STATS.call()))
+
+    def _table_sizes_flow(self) -> Flow[list[TableSize]]:
+        return parse_table_sizes((yield rpcs.STORE_TABLE_SIZES.call()))
 
     def _flush_flow(self, *, blocking: bool) -> Flow[FlushResult]:
         settings: StoreSettings = yield SettingsCall()

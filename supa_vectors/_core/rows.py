@@ -13,9 +13,11 @@ from pydantic import ValidationError
 from supa_vectors._core import rpcs
 from supa_vectors._models import (
     HybridSearchResult,
+    RpcStats,
     SearchResult,
     StoredDocument,
     StoreStats,
+    TableSize,
 )
 from supa_vectors.errors import (
     BackendError,
@@ -26,9 +28,11 @@ __all__ = [
     "page_after",
     "parse_documents",
     "parse_hybrid_rows",
+    "parse_rpc_stats",
     "parse_search_rows",
     "parse_stats",
     "parse_stored_document",
+    "parse_table_sizes",
 ]
 
 
@@ -102,6 +106,16 @@ def order_by_ids(documents: Iterable[StoredDocument], ids: Sequence[str]) -> lis
 def parse_stats(result: Any) -> StoreStats:
     with _response(rpcs.STORE_STATS.name):
         return StoreStats.model_validate(result)
+
+
+def parse_rpc_stats(result: Any) -> list[RpcStats]:
+    with _response(rpcs.STORE_RPC_STATS.name):
+        return [RpcStats.model_validate(row) for row in _rows(result, rpcs.STORE_RPC_STATS.name)]
+
+
+def parse_table_sizes(result: Any) -> list[TableSize]:
+    with _response(rpcs.STORE_TABLE_SIZES.name):
+        return [TableSize.model_validate(row) for row in _rows(result, rpcs.STORE_TABLE_SIZES.name)]
 
 
 def page_after(result: Any) -> tuple[list[StoredDocument], int | None]:

@@ -54,6 +54,12 @@ def _schema_group(commands: Commands, argv: Sequence[str]) -> None:
     add_schema_parser(commands)
 
 
+def _stats_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors.cli._stats import add_stats_parser
+
+    add_stats_parser(commands)
+
+
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
     from supa_vectors.cli._migrate import add_migrate_parser
 
@@ -66,6 +72,7 @@ _GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
     ("local", "the embedded local Postgres + pgvector stack", lambda c, _: _add_local_commands(c)),
     ("search", "search the store by meaning (or by meaning and words, with --hybrid)", _search_group),
     ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
+    ("stats", "what the store holds, how its RPCs perform and how large it is", _stats_group),
     ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
     ("schema", "the database's migrations: what is applied, and rolling back to a release", _schema_group),
     (
