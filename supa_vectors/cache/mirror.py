@@ -40,7 +40,7 @@ from supa_vectors._core import rpcs
 from supa_vectors._core.ops import Flow
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors.cache.filtering import Predicate
-from supa_vectors.cache.private import private_file
+from supa_vectors.cache.private import open_private_sqlite
 from supa_vectors.errors import BackendError
 
 __all__ = ["Mirror", "MirrorHit", "SyncResult", "sync_flow"]
@@ -148,16 +148,9 @@ class Mirror:
             return self._conn
         if not create and not self.path.exists():
             return None
-        private_file(self.path)  # document text: readable by this OS user only
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("pragma journal_mode=wal")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+        # Document text: readable by this OS user only.
+        self._conn = open_private_sqlite(self.path, _SCHEMA, pragmas=("journal_mode=wal",))
+        return self._conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from supa_vectors.cache.keys import canonical_json
-from supa_vectors.cache.private import private_dir, private_file
+from supa_vectors.cache.private import open_private_sqlite, private_dir, private_file
 from supa_vectors.cache.trust import credentials_expiry
 
 try:
@@ -171,6 +171,14 @@ def _expired_reason(expires_at: float) -> str:
     )
 
 
+def _add_new_columns(conn: sqlite3.Connection) -> None:
+    """An outbox written by an older version lacks the columns of the credentials that queued a write."""
+    columns = {row[1] for row in conn.execute("pragma table_info(entries)")}
+    for column, kind in (("credentials", "text"), ("expires_at", "real")):
+        if column not in columns:
+            conn.execute(f"alter table entries add column {column} {kind}")
+
+
 class Outbox:
     """One store's and identity's queued writes in ``path`` (created on the first queued write)."""
 
@@ -188,21 +196,10 @@ class Outbox:
             return self._conn
         if not create and not self.path.exists():
             return None
-        private_file(self.path)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=full")
-            conn.executescript(_SCHEMA)
-            columns = {row[1] for row in conn.execute("pragma table_info(entries)")}
-            for column, kind in (("credentials", "text"), ("expires_at", "real")):
-                if column not in columns:  # an outbox written by an older version
-                    conn.execute(f"alter table entries add column {column} {kind}")
-        except sqlite3.Error:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+        self._conn = open_private_sqlite(
+            self.path, _SCHEMA, pragmas=("journal_mode=wal", "synchronous=full"), setup=_add_new_columns
+        )
+        return self._conn
 
     @contextlib.contextmanager
     def _transaction(self, create: bool = False) -> Iterator[sqlite3.Connection | None]:

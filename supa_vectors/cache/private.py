@@ -12,12 +12,14 @@ older version, 0755) is tightened to 0700.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from supa_vectors.errors import ConfigurationError
 
-__all__ = ["private_dir", "private_file"]
+__all__ = ["open_private_sqlite", "private_dir", "private_file"]
 
 _POSIX = os.name == "posix"
 
@@ -68,3 +70,28 @@ def private_file(path: Path) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def open_private_sqlite(
+    path: Path,
+    schema: str,
+    *,
+    pragmas: Sequence[str] = (),
+    setup: Callable[[sqlite3.Connection], None] | None = None,
+) -> sqlite3.Connection:
+    """The cache's SQLite files (mirror, outbox, accepted credentials): created 0600 before SQLite
+    opens them, in autocommit mode for explicit transactions, shared across the store's threads (each
+    user holds its own lock), with ``pragmas`` and ``schema`` applied and ``setup`` run; closed again
+    if any of that fails."""
+    private_file(path)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in pragmas:
+            conn.execute(f"pragma {pragma}")
+        conn.executescript(schema)
+        if setup is not None:
+            setup(conn)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn

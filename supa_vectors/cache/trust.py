@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from supa_vectors.cache.private import private_file
+from supa_vectors.cache.private import open_private_sqlite
 from supa_vectors.transport.identity import bearer_token, jwt_claims
 
 __all__ = ["AcceptedCredentials", "credentials_expiry", "expired"]
@@ -49,6 +49,10 @@ def expired(credentials: str | None, now: float) -> bool:
     return expiry is not None and expiry <= now
 
 
+def _ensure_key(conn: sqlite3.Connection) -> None:
+    conn.execute("insert or ignore into hmac_key values (1, ?)", (secrets.token_bytes(32),))
+
+
 class AcceptedCredentials:
     """Credentials the backend accepted, remembered (keyed hashes only) in ``path``."""
 
@@ -63,15 +67,8 @@ class AcceptedCredentials:
         if self._conn is None:
             if not create and not self.path.exists():
                 return None
-            private_file(self.path)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            try:
-                conn.executescript(_SCHEMA)
-                conn.execute("insert or ignore into hmac_key values (1, ?)", (secrets.token_bytes(32),))
-                self._key = bytes(conn.execute("select key from hmac_key").fetchone()[0])
-            except sqlite3.Error:
-                conn.close()
-                raise
+            conn = open_private_sqlite(self.path, _SCHEMA, setup=_ensure_key)
+            self._key = bytes(conn.execute("select key from hmac_key").fetchone()[0])
             self._conn = conn
         return self._conn
 
