@@ -23,10 +23,10 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from supa_vectors.errors import LocalStackError
+from supa_vectors.local.migrations import shipped_supabase_dir
 
 __all__ = ["FunctionsStatus", "LocalFunctions", "find_functions_dir"]
 
@@ -57,14 +57,7 @@ class _Served:
 
 def find_functions_dir() -> Path | None:
     """``supabase/functions`` of a checkout, or the copy an installed wheel carries; None if neither."""
-    packaged = Path(str(resources.files("supa_vectors").joinpath("_functions")))
-    if packaged.is_dir():
-        return packaged
-    repo = Path(__file__).resolve().parents[2]
-    checkout = repo / "supabase" / "functions"
-    if (repo / "pyproject.toml").is_file() and checkout.is_dir():
-        return checkout
-    return None
+    return shipped_supabase_dir("functions")
 
 
 def find_deno() -> str | None:

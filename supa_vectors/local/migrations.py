@@ -94,17 +94,26 @@ def find_migrations_dir(override: str | os.PathLike[str] | None = None) -> Path:
         if not path.is_dir():
             raise LocalStackError(f"migrations directory {path} does not exist")
         return path
-    packaged = Path(str(resources.files("supa_vectors").joinpath("_migrations")))
+    shipped = shipped_supabase_dir("migrations")
+    if shipped is not None:
+        return shipped
+    raise LocalStackError(
+        "cannot find the supabase migrations (no packaged supa_vectors/_migrations, no supabase/migrations "
+        f"in a checkout); set {ENV_MIGRATIONS_DIR}"
+    )
+
+
+def shipped_supabase_dir(name: str) -> Path | None:
+    """``supabase/<name>`` as this installation ships it: the wheel's ``supa_vectors/_<name>``
+    (pyproject force-includes it), else a source checkout's; None when neither exists."""
+    packaged = Path(str(resources.files("supa_vectors").joinpath(f"_{name}")))
     if packaged.is_dir():
         return packaged
     repo = Path(__file__).resolve().parents[2]
-    checkout = repo / "supabase" / "migrations"
+    checkout = repo / "supabase" / name
     if (repo / "pyproject.toml").is_file() and checkout.is_dir():
         return checkout
-    raise LocalStackError(
-        f"cannot find the supabase migrations (no packaged supa_vectors/_migrations, no {checkout}); "
-        f"set {ENV_MIGRATIONS_DIR}"
-    )
+    return None
 
 
 def find_rollbacks_dir(migrations_dir: Path) -> Path:
