@@ -25,6 +25,7 @@ __all__ = [
     "ENV_TIMEOUT",
     "Target",
     "async_transport_for",
+    "resolve_target",
     "target_from_env",
     "target_from_url",
     "timeout_from_env",
@@ -79,6 +80,11 @@ def target_from_url(url: str, key: str | None = None) -> Target:
         f"unsupported URL scheme {scheme or '(none)'!r}: use https://<project>.supabase.co with a key, "
         "or postgresql://user:password@host:port/database"
     )
+
+
+def resolve_target(url: str | None, key: str | None = None) -> Target:
+    """A command's backend: the URL it was given (``--database-url``), else the environment's."""
+    return target_from_url(url, key) if url else target_from_env()
 
 
 def target_from_env(environ: Mapping[str, str] | None = None) -> Target:

@@ -52,9 +52,9 @@ def add_schema_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    from supa_vectors._config import target_from_env, target_from_url
+    from supa_vectors._config import resolve_target
 
-    target = target_from_url(args.database_url) if args.database_url else target_from_env()
+    target = resolve_target(args.database_url)
     if target.kind != "postgres":
         raise ConfigurationError(
             "schema commands need a direct Postgres connection (--database-url postgresql://...), not the "

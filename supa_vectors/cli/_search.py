@@ -24,8 +24,7 @@ from typing import Any, TextIO
 
 from supa_vectors._config import (
     ENV_TIMEOUT,
-    target_from_env,
-    target_from_url,
+    resolve_target,
     timeout_from_env,
     transport_for,
 )
@@ -142,7 +141,7 @@ def open_store(
     nothing to answer offline) still calls the backend whatever the breaker remembers, and records
     the outcome for the commands after it.
     """
-    target = target_from_url(args.database_url, args.key) if args.database_url else target_from_env()
+    target = resolve_target(args.database_url, args.key)
     transport = transport_for(target, connect_timeout=_timeout(args))
     breaker = CircuitBreaker(
         failure_threshold=1,
