@@ -8,8 +8,9 @@
 -- definer function below, in the schema PostgREST does not expose: it returns figures per RPC name,
 -- never a statement's text, and only service_role may execute it (decision 0018).
 
--- The RPCs whose calls are reported, as they appear in a statement: `public.match_documents(` from
--- the SDK, `"public"."match_documents"(` from PostgREST.
+-- The RPCs whose calls are reported are this store's: the functions of schema public (read from the
+-- catalog, so a new RPC is counted without touching this function), as they appear in a statement:
+-- `public.match_documents(` from the SDK, `"public"."match_documents"(` from PostgREST.
 create function supa_vectors_internal.rpc_statement_stats()
 returns table (
   rpc text,
@@ -28,12 +29,10 @@ as $$
 begin
   return query
   with ours(name) as (
-    select unnest(array[
-      'match_documents', 'hybrid_search', 'bulk_upsert', 'get_documents', 'delete_documents',
-      'list_documents', 'count_documents', 'store_stats', 'store_settings', 'begin_bulk_load',
-      'finish_bulk_load', 'restore_vector_index', 'begin_ingest_run', 'finish_ingest_run',
-      'list_ingest_runs', 'rollback_ingest_run'
-    ])
+    select distinct p.proname::text
+      from pg_catalog.pg_proc p
+     where p.pronamespace = 'public'::regnamespace
+       and p.prorettype <> 'pg_catalog.trigger'::regtype
   ), matched as (
     select o.name, s.calls, s.total_exec_time, s.mean_exec_time, s.stddev_exec_time, s.max_exec_time, s.rows
       from ours o
