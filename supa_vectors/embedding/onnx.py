@@ -200,10 +200,8 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
 def _clip(text: str) -> str:
     if len(text) <= CLIP_CHARS:
         return text
-    for end in range(CLIP_CHARS, CLIP_CHARS // 2, -1):
-        if text[end] in _WORD_BREAKS:
-            return text[:end]
-    return text  # no break in the second half of the window: tokenize it whole
+    end = max(text.rfind(space, CLIP_CHARS // 2 + 1, CLIP_CHARS + 1) for space in _WORD_BREAKS)
+    return text[:end] if end > 0 else text  # no break in the window's second half: tokenize it whole
 
 
 def _load_tokenizer(model: InstalledModel) -> Tokenizer:
