@@ -17,29 +17,18 @@ from tests.conftest import REPO_ROOT
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 
 
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
 def lint(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["node", str(REPO_ROOT / "scripts" / "lint-workflows.mjs"), str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _run(["node", str(REPO_ROOT / "scripts" / "lint-workflows.mjs"), str(directory)])
 
 
 def zizmor(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(Path(sys.executable).with_name("zizmor")),  # installed beside this interpreter (dev extra)
-            "--offline",
-            "--config",
-            str(REPO_ROOT / ".github" / "zizmor.yml"),
-            str(directory),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    zizmor = Path(sys.executable).with_name("zizmor")  # installed beside this interpreter (dev extra)
+    return _run(
+        [str(zizmor), "--offline", "--config", str(REPO_ROOT / ".github" / "zizmor.yml"), str(directory)]
     )
 
 
