@@ -54,7 +54,9 @@ async function fetchBytes(
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+/** Hex SHA-256 of text (as UTF-8) or bytes: a document's default id, and the model's checksum. */
+export async function sha256Hex(data: string | Uint8Array<ArrayBuffer>): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
