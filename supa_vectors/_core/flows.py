@@ -18,13 +18,14 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from supa_vectors._config import target_from_env, target_from_url
-from supa_vectors._core import checks, rpcs, upsert
+from supa_vectors._core import backup, checks, rpcs, upsert
 from supa_vectors._core.ops import Flow, RpcCall, SettingsCall
 from supa_vectors._core.rows import (
     order_by_ids,
@@ -39,8 +40,10 @@ from supa_vectors._core.rows import (
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
 from supa_vectors._core.upsert import DocumentInput, use_bulk_path
 from supa_vectors._models import (
+    BackupResult,
     DeleteCount,
     HybridSearchResult,
+    RestoreResult,
     RpcStats,
     SearchResult,
     StoredDocument,
@@ -71,8 +74,10 @@ if TYPE_CHECKING:
     from supa_vectors.embedding import Embedder
 
 __all__ = [
+    "BackupOptions",
     "HybridOptions",
     "Query",
+    "RestoreOptions",
     "StoreCore",
     "StoreOptions",
     "default_embedder",
@@ -90,6 +95,22 @@ class HybridOptions(TypedDict, total=False):
     full_text_weight: float
     semantic_weight: float
     rrf_k: int
+
+
+class BackupOptions(TypedDict, total=False):
+    """How a backup pages and shards (defaults in :mod:`supa_vectors._core.backup`)."""
+
+    page_size: int  # documents per export_documents call (500)
+    shard_size: int  # documents per archive file (10,000)
+    attempts: int  # passes tried for one snapshot before BackupError (3)
+
+
+class RestoreOptions(TypedDict, total=False):
+    """How a restore writes (defaults in :mod:`supa_vectors._core.backup`)."""
+
+    chunk_rows: int  # documents per bulk_upsert transaction (500)
+    verify: bool  # read everything back and compare content hashes and vectors (True)
+    progress: backup.Progress  # called with (written, total) after each chunk
 
 
 def default_embedder() -> EmbedderLike:
@@ -496,6 +517,19 @@ class StoreCore:
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
         return (yield from self._offline.sync_flow(settings, full=full))
+
+    def _backup_flow(self, path: str | os.PathLike[str], options: BackupOptions) -> Flow[BackupResult]:
+        yield from self._maybe_flush()  # writes the app queued belong in its backup
+        settings: StoreSettings = yield SettingsCall()
+        return (yield from backup.backup_flow(Path(path), settings, **options))
+
+    def _restore_flow(self, path: str | os.PathLike[str], options: RestoreOptions) -> Flow[RestoreResult]:
+        yield from self._maybe_flush()
+        settings: StoreSettings = yield SettingsCall()
+        manifest = backup.read_archive(Path(path), settings)  # all of it, before the first write
+        if self._session_user:
+            yield from self._restore_vector_index()
+        return (yield from backup.restore_flow(Path(path), manifest, settings, **options))
 
 
 def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -> list[UpsertResult]:
