@@ -3,11 +3,11 @@
 Each command group registers itself in ``build_parser`` through its own ``add_<group>_parser``
 function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that the groups
 (``local``, ``search``, ``mirror``, ``migrate``, ``backup``, ``restore``, ``schema``, ``model``) stay
-independent of each other. Given the command line, ``build_parser`` adds only the named group's arguments and imports
-only its module: a search does not pay for the migration machinery. Every handler takes the parsed
-arguments and returns the exit code; ``main`` turns a ``UsageError`` into the usage line and exit
-code 2 (as argparse does), any other ``SupaVectorsError`` into a one-line message on stderr and exit
-code 1.
+independent of each other. Given the command line, ``build_parser`` adds only the named group's
+arguments and imports only its module: a search does not pay for the migration machinery. Every
+handler takes the parsed arguments and returns the exit code; ``main`` turns a ``UsageError`` into the
+usage line and exit code 2 (as argparse does), any other ``SupaVectorsError`` into a one-line message
+on stderr and exit code 1.
 
 Machine-readable output goes to stdout (``local start`` and ``local url`` print only the URL, so
 ``export DATABASE_URL=$(supa-vectors local start)`` works); progress notes go to stderr.
