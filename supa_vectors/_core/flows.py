@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +87,8 @@ __all__ = [
 logger = logging.getLogger("supa_vectors")
 
 Query = str | Sequence[float] | npt.NDArray[np.floating[Any]]
+# What a bulk load's flow returns: an upsert's results, or a restore's.
+Written = TypeVar("Written", list[UpsertResult], RestoreResult)
 
 
 class HybridOptions(TypedDict, total=False):
@@ -362,8 +364,9 @@ class StoreCore:
             return (yield from flow)
         return (yield from self._bulk_load(flow, len(prepared)))
 
-    def _bulk_load(self, flow: Flow[list[UpsertResult]], count: int) -> Flow[list[UpsertResult]]:
-        """``flow`` between ``begin_bulk_load`` and ``finish_bulk_load`` (decision 0012)."""
+    def _bulk_load(self, flow: Flow[Written], count: int) -> Flow[Written]:
+        """``flow`` between ``begin_bulk_load`` and ``finish_bulk_load`` (decision 0012): an upsert's,
+        or a restore's."""
         try:
             # begin_bulk_load restores an index an abandoned load left dropped, then decides.
             rebuild = bool((yield rpcs.BEGIN_BULK_LOAD.call({"expected_rows": count})))
@@ -527,12 +530,17 @@ class StoreCore:
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
         manifest = backup.read_archive(Path(path), settings)  # all of it, before the first write
-        if self._session_user:
+        flow = backup.restore_flow(Path(path), manifest, settings, **options)
+        if not self._session_user:
+            return (yield from flow)
+        # As the table owner, a restore into a (nearly) empty store is a bulk load (decision 0012).
+        if not use_bulk_path(None, int(manifest["documents"]), job=True) or self._unfinished_bulk_load:
             yield from self._restore_vector_index()
-        return (yield from backup.restore_flow(Path(path), manifest, settings, **options))
+            return (yield from flow)
+        return (yield from self._bulk_load(flow, int(manifest["documents"])))
 
 
-def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -> list[UpsertResult]:
+def _after_rebuild_failure(exc: SupaVectorsError, results: Written) -> Written:
     """``finish_bulk_load`` failed after the documents were written (or queued): never hide them.
 
     When the backend died, so did the loader's session, and the server's ``restore_vector_index``
@@ -540,16 +548,17 @@ def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -
     the call returns what it did, with a warning. Any other failure raises ``IndexRebuildError``,
     which carries the same results.
     """
+    upserted: list[UpsertResult] = results if isinstance(results, list) else []  # a restore: none
     if is_outage(exc):
         logger.warning(
             "supa-vectors: the documents are %s, but the vector index could not be rebuilt (%s); the "
             "next write as the table owner or `supa-vectors local start` rebuilds it",
-            "queued" if any(r.status == "queued" for r in results) else "written",
+            "queued" if any(r.status == "queued" for r in upserted) else "written",
             exc,
         )
         return results
     raise IndexRebuildError(
         f"the documents were written, but rebuilding the vector index failed: {exc}",
-        results=results,
+        results=upserted,
         code=exc.code if isinstance(exc, BackendError) else None,
     ) from exc
