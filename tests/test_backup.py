@@ -303,8 +303,11 @@ def test_anon_can_neither_back_up_nor_restore(clean_url: str, tmp_path: Path) ->
 # damaged archives: refused before anything is written
 
 
+# Each damages the last shard (documents 21 to 30).
+
+
 def _flip_a_byte(path: Path) -> None:
-    shard = path / "documents-000001.jsonl"
+    shard = path / "documents-000003.jsonl"
     data = bytearray(shard.read_bytes())
     at = data.index(b'"content":"') + 12
     data[at] ^= 0x01
@@ -312,7 +315,7 @@ def _flip_a_byte(path: Path) -> None:
 
 
 def _truncate(path: Path) -> None:
-    shard = path / "documents-000001.jsonl"
+    shard = path / "documents-000003.jsonl"
     shard.write_bytes(shard.read_bytes()[:-100])
 
 
@@ -323,7 +326,7 @@ def _drop_manifest(path: Path) -> None:
 def _edit_and_reseal(path: Path) -> None:
     """A record edited and the manifest's checksum recomputed: the record's own content hash still
     refuses it."""
-    shard = path / "documents-000001.jsonl"
+    shard = path / "documents-000003.jsonl"
     lines = shard.read_text("utf-8").splitlines(keepends=True)
     record = json.loads(lines[3])
     record["content"] = "something else"
@@ -331,7 +334,7 @@ def _edit_and_reseal(path: Path) -> None:
     shard.write_text("".join(lines), "utf-8")
     manifest = json.loads((path / "manifest.json").read_text())
     data = shard.read_bytes()
-    manifest["files"][0].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    manifest["files"][-1].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -353,7 +356,7 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
         empty_store(clean_url)
         damage(tmp_path / "a")
         with pytest.raises(ArchiveError):
-            store.restore(tmp_path / "a")
+            store.restore(tmp_path / "a", chunk_rows=5)  # the damage is in the last of 6 chunks
     assert stored(clean_url) == {}
 
 
@@ -546,7 +549,9 @@ def test_cli_backup_and_restore(clean_url: str, tmp_path: Path, capsys: pytest.C
     with service_store(clean_url) as store:
         store.upsert(CORPUS[:20])
     before = stored(clean_url)
-    assert main(["backup", str(tmp_path / "a"), "--database-url", clean_url, "--json"]) == 0
+    assert (
+        main(["backup", str(tmp_path / "a"), "--shard-size", "8", "--database-url", clean_url, "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["documents"] == 20
     empty_store(clean_url)
     assert main(["restore", str(tmp_path / "a"), "--database-url", clean_url]) == 0
