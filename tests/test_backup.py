@@ -363,9 +363,19 @@ def test_a_damaged_archive_is_refused_and_nothing_is_written(
 def test_backup_refuses_a_path_that_holds_something(clean_url: str, tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
-    with service_store(clean_url) as store, pytest.raises(InvalidInputError):
-        store.backup(tmp_path / "full")
+    (tmp_path / "new.partial").mkdir()  # not left by a backup: not ours to delete
+    (tmp_path / "new.partial" / "notes.txt").write_text("keep me too")
+    with service_store(clean_url) as store:
+        with pytest.raises(InvalidInputError):
+            store.backup(tmp_path / "full")
+        with pytest.raises(InvalidInputError):
+            store.backup(tmp_path / "new")
+        (tmp_path / "new.partial" / "notes.txt").rename(tmp_path / "notes.txt")
+        (tmp_path / "new.partial" / "documents-000001.jsonl").write_text("{}\n")  # an interrupted backup's
+        assert store.backup(tmp_path / "new").documents == 0
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+    assert (tmp_path / "notes.txt").read_text() == "keep me too"
+    assert not (tmp_path / "new.partial").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ EXPORT_PAGE_SIZE = 500
 BACKUP_ATTEMPTS = 3
 _READ_CHUNK = 1 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_SHARD = re.compile(r"documents-\d{6}\.jsonl")
 
 # (documents written, documents in the archive): called by a restore after each chunk it wrote.
 Progress = Callable[[int, int], None]
@@ -155,7 +157,7 @@ class _ShardWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._handle is None:
-            name = f"documents-{len(self.files) + 1:06d}.jsonl"
+            name = f"documents-{len(self.files) + 1:06d}.jsonl"  # _SHARD
             # Private, like the cache: an archive holds every document's text.
             self._handle = os.fdopen(os.open(self._directory / name, _NEW_FILE, 0o600), "wb")
             self.files.append({"name": name})
@@ -214,9 +216,16 @@ def _sha256(path: Path) -> tuple[str, int]:
 
 
 def _target_directory(path: Path) -> Path:
+    """Where the archive is written before it is renamed to ``path``: ``<path>.partial``, which an
+    interrupted backup may have left; anything else there is not ours to delete."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InvalidInputError(f"{path} already exists and is not an empty directory; back up to a new path")
-    return path.parent / (path.name + ".partial")
+    partial = path.parent / (path.name + ".partial")
+    if partial.exists() and not (
+        partial.is_dir() and all(_SHARD.fullmatch(p.name) or p.name == MANIFEST for p in partial.iterdir())
+    ):
+        raise InvalidInputError(f"{partial} exists and is not an interrupted backup; move it away first")
+    return partial
 
 
 def _export_pass(

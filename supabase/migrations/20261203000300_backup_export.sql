@@ -18,7 +18,7 @@ create function supa_vectors_internal.backup_row_version(
 )
 returns bigint
 language sql
-immutable
+stable
 parallel safe
 set search_path = ''
 as $$
