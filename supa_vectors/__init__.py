@@ -24,9 +24,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from supa_vectors.errors import (
+    ArchiveError,
     AuthError,
     BackendError,
     BackendUnavailableError,
+    BackupError,
     ConfigurationError,
     DocumentError,
     EmbeddingError,
@@ -45,9 +47,11 @@ from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
     from supa_vectors._models import (
+        BackupResult,
         DeleteCount,
         Document,
         HybridSearchResult,
+        RestoreResult,
         RpcStats,
         SearchResult,
         StoredDocument,
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveError",
     "AsyncPostgresTransport",
     "AsyncPostgrestTransport",
     "AsyncTransport",
@@ -72,6 +77,8 @@ __all__ = [
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
+    "BackupError",
+    "BackupResult",
     "CircuitBreaker",
     "ConfigurationError",
     "DeleteCount",
@@ -94,6 +101,7 @@ __all__ = [
     "PostgresTransport",
     "PostgrestTransport",
     "QueryTimeoutError",
+    "RestoreResult",
     "RpcStats",
     "SearchResult",
     "StoreStats",
@@ -118,9 +126,11 @@ _LAZY = {
     "PendingWrite": "supa_vectors.cache.outbox",
     **dict.fromkeys(
         (
+            "BackupResult",
             "DeleteCount",
             "Document",
             "HybridSearchResult",
+            "RestoreResult",
             "RpcStats",
             "SearchResult",
             "StoredDocument",

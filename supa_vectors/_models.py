@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 __all__ = [
+    "BackupResult",
     "DeleteCount",
     "Document",
     "HybridSearchResult",
+    "RestoreResult",
     "ResultSource",
     "RpcStats",
     "SearchResult",
@@ -183,3 +185,32 @@ class TableSize(BaseModel):
     table_name: str
     bytes: int
     estimated_rows: int
+
+
+class BackupResult(BaseModel):
+    """What ``store.backup(path)`` wrote: documents, shard files and their bytes, how many passes it
+    took to get one snapshot, and the database time of that snapshot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    documents: int
+    files: int
+    bytes: int
+    attempts: int
+    snapshot_at: str
+
+
+class RestoreResult(BaseModel):
+    """What ``store.restore(path)`` did: documents in the archive, what ``bulk_upsert`` reported for
+    them (a re-run after a crash reports the landed ones ``unchanged``), and how many were read back and
+    found equal to the archive (content hash and vector)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    documents: int
+    inserted: int
+    updated: int
+    unchanged: int
+    verified: int
