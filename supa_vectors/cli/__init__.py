@@ -60,6 +60,12 @@ def _stats_group(commands: Commands, argv: Sequence[str]) -> None:
     add_stats_parser(commands)
 
 
+def _doctor_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors.cli._doctor import add_doctor_parser
+
+    add_doctor_parser(commands)
+
+
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
     from supa_vectors.cli._migrate import add_migrate_parser
 
@@ -73,6 +79,7 @@ _GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
     ("search", "search the store by meaning (or by meaning and words, with --hybrid)", _search_group),
     ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
     ("stats", "what the store holds, how its RPCs perform and how large it is", _stats_group),
+    ("doctor", "what is wrong with the setup and the store, and the command that fixes it", _doctor_group),
     ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
     ("schema", "the database's migrations: what is applied, and rolling back to a release", _schema_group),
     (
