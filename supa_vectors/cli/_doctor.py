@@ -41,7 +41,7 @@ from supa_vectors.cli import GROUP_HELP
 from supa_vectors.cli._search import _age, add_backend_arguments, open_store
 from supa_vectors.errors import AuthError, ConfigurationError, NotFoundError, SupaVectorsError
 
-__all__ = ["Finding", "add_doctor_parser", "doctor_command", "run_checks"]
+__all__ = ["Finding", "add_doctor_parser", "check_store", "doctor_command", "run_checks", "worst"]
 
 Status = Literal["ok", "warn", "fail"]
 # The version of the --json document: a consumer can rely on its keys while it stays the same.
@@ -92,21 +92,21 @@ def add_doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def doctor_command(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     findings, repairs = run_checks(args, fix=args.fix)
-    worst = _worst(findings)
+    status = worst(findings)
     if args.json:
         report = {
             "version": REPORT_VERSION,
-            "status": worst,
+            "status": status,
             "findings": [asdict(finding) for finding in findings],
             "repairs": repairs,
         }
         print(json.dumps(report, indent=2, ensure_ascii=False), file=out)
     else:
         _print_human(findings, repairs, out)
-    return 1 if worst == "fail" else 0
+    return 1 if status == "fail" else 0
 
 
-def _worst(findings: Sequence[Finding]) -> Status:
+def worst(findings: Sequence[Finding]) -> Status:
     statuses = {finding.status for finding in findings}
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
 
@@ -139,14 +139,14 @@ def run_checks(args: argparse.Namespace, *, fix: bool = False) -> tuple[list[Fin
         )
         return [configuration, *_local_checks(None)], []
     with open_store(args, None, ask_anyway=True) as store:
-        findings = _checks(store, target)
+        findings = check_store(store, target)
         if not fix:
             return findings, []
         repairs = _repair(store, findings)
-        return (_checks(store, target) if repairs else findings), repairs
+        return (check_store(store, target) if repairs else findings), repairs
 
 
-def _checks(store: VectorStore, target: Target) -> list[Finding]:
+def check_store(store: VectorStore, target: Target) -> list[Finding]:
     findings = [Finding("configuration", "ok", f"{target.kind} {target.shown_url}")]
     try:
         stats = store.stats()
