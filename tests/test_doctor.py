@@ -54,6 +54,17 @@ def owner_sql(url: str, *statements: str) -> None:
             conn.execute(statement)  # type: ignore[arg-type]
 
 
+def doctor_while(
+    capsys: pytest.CaptureFixture[str], url: str, broken: str, restored: str, *extra: str
+) -> tuple[int, dict[str, Any], dict[str, dict[str, Any]]]:
+    """Doctor's report while ``broken`` (SQL as the owner) holds; ``restored`` puts it back, always."""
+    owner_sql(url, broken)
+    try:
+        return doctor(capsys, url, *extra)
+    finally:
+        owner_sql(url, restored)
+
+
 def store(url: str, cache_dir: Path, **options: Any) -> VectorStore:
     return VectorStore.from_url(url, embedder=FakeEmbedder(), cache_dir=cache_dir, **options)
 
@@ -148,11 +159,12 @@ def test_a_database_without_the_diagnostics_rpc_has_pending_migrations(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A stack without the migration that adds store_diagnostics: rolled back, then re-applied."""
-    owner_sql(database_url, (MIGRATIONS.parent / "rollbacks" / DIAGNOSTICS.name).read_text())
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(database_url, DIAGNOSTICS.read_text())
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        (MIGRATIONS.parent / "rollbacks" / DIAGNOSTICS.name).read_text(),
+        DIAGNOSTICS.read_text(),
+    )
     assert code == 1
     assert findings["schema"]["status"] == "fail"
     assert "no store_diagnostics()" in findings["schema"]["detail"]
@@ -161,13 +173,12 @@ def test_a_database_without_the_diagnostics_rpc_has_pending_migrations(
 def test_a_schema_version_behind_the_package_fails(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    owner_sql(database_url, "update public.metadata_global set value = '\"0\"' where key = 'schema_version'")
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(
-            database_url, "update public.metadata_global set value = '\"1\"' where key = 'schema_version'"
-        )
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        "update public.metadata_global set value = '0' where key = 'schema_version'",
+        "update public.metadata_global set value = '1' where key = 'schema_version'",
+    )
     assert code == 1
     assert findings["schema"]["status"] == "fail"
     assert findings["schema"]["detail"] == "metadata_global.schema_version is 0; this package expects 1"
@@ -176,11 +187,12 @@ def test_a_schema_version_behind_the_package_fails(
 def test_row_level_security_disabled_on_a_table_fails(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    owner_sql(database_url, "alter table public.ingest_runs disable row level security")
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(database_url, "alter table public.ingest_runs enable row level security")
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        "alter table public.ingest_runs disable row level security",
+        "alter table public.ingest_runs enable row level security",
+    )
     assert code == 1
     assert findings["rls"]["status"] == "fail"
     assert "public.ingest_runs" in findings["rls"]["detail"]
@@ -190,15 +202,13 @@ def test_row_level_security_disabled_on_a_table_fails(
 def test_a_dropped_policy_is_named_with_the_migration_that_creates_it(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    owner_sql(database_url, "drop policy metadata_global_select on public.metadata_global")
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(
-            database_url,
-            "create policy metadata_global_select on public.metadata_global for select to authenticated "
-            "using (true)",
-        )
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        "drop policy metadata_global_select on public.metadata_global",
+        "create policy metadata_global_select on public.metadata_global for select to authenticated "
+        "using (true)",
+    )
     assert code == 1
     assert findings["policies"]["status"] == "fail"
     assert "metadata_global_select on metadata_global" in findings["policies"]["detail"]
@@ -334,11 +344,12 @@ def test_a_small_maintenance_work_mem_is_a_warning(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     alter = "do $$ begin execute format('alter database %I {}', current_database()); end $$"
-    owner_sql(database_url, alter.format("set maintenance_work_mem = ''1MB''"))
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(database_url, alter.format("reset maintenance_work_mem"))
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        alter.format("set maintenance_work_mem = ''1MB''"),
+        alter.format("reset maintenance_work_mem"),
+    )
     assert findings["maintenance_work_mem"]["status"] == "warn"
     assert findings["maintenance_work_mem"]["detail"].startswith("1 MB; building the vector index")
     assert (
@@ -381,11 +392,12 @@ def test_a_match_documents_without_its_own_ef_search_is_a_warning(
         "where proname = 'match_documents' and pronamespace = 'public'::regnamespace "
         "loop execute format('alter function %s {}', f); end loop; end $$"
     )
-    owner_sql(database_url, alter.format("reset hnsw.ef_search"))
-    try:
-        code, _, findings = doctor(capsys, database_url)
-    finally:
-        owner_sql(database_url, alter.format("set hnsw.ef_search = 40"))
+    code, _, findings = doctor_while(
+        capsys,
+        database_url,
+        alter.format("reset hnsw.ef_search"),
+        alter.format("set hnsw.ef_search = 40"),
+    )
     assert findings["hnsw.ef_search"]["status"] == "warn"
     assert findings["hnsw.ef_search"]["detail"].startswith(
         "match_documents no longer sets its own hnsw.ef_search"
