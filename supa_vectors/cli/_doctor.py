@@ -195,8 +195,9 @@ def _unreachable(exc: SupaVectorsError, target: Target) -> Finding:
         return Finding(
             "connectivity",
             "fail",
-            f"the backend refused the credentials: {message}",
-            "check SUPABASE_KEY (or the URL's user and password)",
+            f"the backend refused these credentials: {message} (the anon key can do nothing)",
+            "use the service key or a signed-in user's JWT as SUPABASE_KEY (or check the URL's user "
+            "and password)",
         )
     local = urlsplit(target.url).hostname in ("127.0.0.1", "localhost", "::1")
     return Finding(
