@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import USER_A, FakeEmbedder
+from conftest import USER_A, FakeEmbedder, act_as
 
 from supa_vectors import VectorStore
 from supa_vectors._config import target_from_url
@@ -411,3 +411,42 @@ def test_a_match_documents_without_its_own_ef_search_is_a_warning(
 def test_pgvector_older_than_0_8_fails(version: str | None, status: str) -> None:
     # Not broken on the stack (its pgvector is what the wheel ships): the rule, on the reported version.
     assert _pgvector(version).status == status
+
+
+@pytest.mark.parametrize("who", [Identity.anonymous(), Identity.user(USER_A)], ids=["anon", "authenticated"])
+@pytest.mark.parametrize(
+    "call", ["select public.store_diagnostics()", "select supa_vectors_internal.applied_migrations()"]
+)
+def test_only_the_service_role_may_read_the_diagnostics(
+    conn: psycopg.Connection, who: Identity, call: str
+) -> None:
+    act_as(conn, who)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(call)  # type: ignore[arg-type]
+
+
+def test_the_service_role_reads_every_fact_doctor_uses(conn: psycopg.Connection) -> None:
+    act_as(conn, Identity.service())
+    row = conn.execute("select public.store_diagnostics()").fetchone()
+    assert row is not None
+    facts = row[0]
+    assert set(facts) == {
+        "migrations",
+        "schema_version",
+        "tables",
+        "vector_index",
+        "bulk_load",
+        "embeddings",
+        "dimension",
+        "pgvector",
+        "settings",
+    }
+    assert facts["migrations"][-1] == NEWEST.name.split("_", 1)[0]
+    assert {t["name"] for t in facts["tables"]} >= {"documents", "embeddings", "bulk_load"}
+    assert facts["vector_index"] == {
+        **facts["vector_index"],
+        "present": True,
+        "valid": True,
+        "method": "hnsw",
+    }
+    assert facts["dimension"] == 384
