@@ -304,6 +304,11 @@ def test_a_corrupted_model_file_fails_its_checksum(
     assert "int8 graph model.int8.onnx: sha256" in findings["model"]["detail"]
     assert findings["model"]["fix"] == "supa-vectors model install --force"
 
+    with (model_copy.parent / "tokenizer.json").open("a") as handle:
+        handle.write(" ")
+    _, _, findings = doctor(capsys, database_url)
+    assert "tokenizer.json: sha256" in findings["model"]["detail"]
+
 
 def test_pending_writes_in_the_outbox_are_counted_with_their_age(
     own_cache: Path, capsys: pytest.CaptureFixture[str]

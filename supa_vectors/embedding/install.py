@@ -139,8 +139,7 @@ def verify_model(*, model_dir: Path | None = None) -> ModelCheck:
     ``install_model`` verifies the sources once and ``installed_model`` only checks that the files
     exist, so a file changed afterwards (disk corruption, a partial copy between machines) would be
     loaded as it is: here every built variant is hashed against the SHA-256 its manifest recorded, and
-    the tokenizer and any kept source files against the pinned ones. An empty ``verified`` and no
-    problems: nothing installed.
+    the tokenizer against the pinned one. An empty ``verified`` and no problems: nothing installed.
     """
     directory = models_root(model_dir) / _MODEL_SUBDIR
     manifest = _read_manifest(directory)
@@ -152,17 +151,11 @@ def verify_model(*, model_dir: Path | None = None) -> ModelCheck:
         problems.append(
             f"built by graph version {manifest.get('graph_version')}; this package builds {GRAPH_VERSION}"
         )
-    shared = [("tokenizer.json", directory / "tokenizer.json", _SOURCE_FILES["tokenizer.json"])]
-    shared += [
-        (f"source/{name}", directory / "source" / name, digest)
-        for name, digest in _SOURCE_FILES.items()
-        if (directory / "source" / name).exists()  # kept to build the other variant offline; optional
-    ]
-    for label, path, digest in shared:
-        problem = _file_problem(path, digest)
-        if problem is not None:
-            problems.append(f"{label}: {problem}")
-    tokenizer_ok = not any(p.startswith("tokenizer.json:") for p in problems)
+    # The kept sources (source/) are not hashed: they are only read to build a variant, and
+    # install_model verifies them before it does.
+    tokenizer = _file_problem(directory / "tokenizer.json", _SOURCE_FILES["tokenizer.json"])
+    if tokenizer is not None:
+        problems.append(f"tokenizer.json: {tokenizer}")
     verified: list[str] = []
     for variant, entry in sorted(variants.items()):
         built = entry if isinstance(entry, dict) else {}
@@ -170,7 +163,7 @@ def verify_model(*, model_dir: Path | None = None) -> ModelCheck:
         problem = _file_problem(path, built.get("sha256"))
         if problem is not None:
             problems.append(f"{variant} graph {path.name}: {problem}")
-        elif tokenizer_ok:
+        elif tokenizer is None:
             verified.append(variant)
     return ModelCheck(directory, tuple(verified), tuple(problems))
 
