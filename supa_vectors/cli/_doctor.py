@@ -28,7 +28,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -107,6 +107,7 @@ def doctor_command(args: argparse.Namespace, *, out: TextIO | None = None) -> in
 
 
 def worst(findings: Sequence[Finding]) -> Status:
+    """The report's status: the worst of its findings'."""
     statuses = {finding.status for finding in findings}
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
 
@@ -147,6 +148,8 @@ def run_checks(args: argparse.Namespace, *, fix: bool = False) -> tuple[list[Fin
 
 
 def check_store(store: VectorStore, target: Target) -> list[Finding]:
+    """Every check, against ``store`` (its transport decides who asks: the catalog checks need the
+    service role, and warn for anyone else); ``target`` is what the store was opened on."""
     findings = [Finding("configuration", "ok", f"{target.kind} {target.shown_url}")]
     try:
         stats = store.stats()
@@ -154,33 +157,33 @@ def check_store(store: VectorStore, target: Target) -> list[Finding]:
         findings.append(_unreachable(exc, target))
         return findings + _local_checks(store)
     findings.append(Finding("connectivity", "ok", "the backend answered"))
-    schema_version = stats.settings.get("schema_version")
+    local = _local_checks(store, stats.last_updated_at)
     try:
-        facts: Mapping[str, Any] | None = store.transport.rpc(rpcs.STORE_DIAGNOSTICS.name, {})
+        facts: Mapping[str, Any] = store.transport.rpc(rpcs.STORE_DIAGNOSTICS.name, {})
     except AuthError:
-        facts = None
+        unseen = Finding("", "warn", "not checked: needs the service role", _SERVICE_KEY_FIX)
     except NotFoundError:
-        findings.append(
-            Finding(
-                "schema",
-                "fail",
-                f"the database has no {rpcs.STORE_DIAGNOSTICS.name}(): migrations this package ships are "
-                "not applied",
-                PUSH,
-            )
+        missing = (
+            f"the database has no {rpcs.STORE_DIAGNOSTICS.name}(): migrations this package ships are "
+            "not applied"
         )
-        return findings + _local_checks(store, stats.last_updated_at)
-    findings.append(_schema(schema_version, facts))
-    if facts is None:
-        findings.append(_index_from_stats(stats.vector_index))
-        findings += [
-            Finding(name, "warn", "not checked: needs the service role", _SERVICE_KEY_FIX)
-            for name in SERVICE_ONLY
-            if name != "vector index"
-        ]
+        return [*findings, Finding("schema", "fail", missing, PUSH), *local]
+    except SupaVectorsError as exc:
+        unseen = Finding("", "fail", f"not checked: {rpcs.STORE_DIAGNOSTICS.name}() failed ({exc})", None)
     else:
-        findings += _catalog_checks(facts)
-    return findings + _local_checks(store, stats.last_updated_at)
+        return [
+            *findings,
+            _schema(stats.settings.get("schema_version"), facts),
+            *_catalog_checks(facts),
+            *local,
+        ]
+    # What the caller can see without the catalog: the schema version and whether the index is there.
+    findings.append(_schema(stats.settings.get("schema_version"), None))
+    for name in SERVICE_ONLY:
+        findings.append(
+            _index_from_stats(stats.vector_index) if name == "vector index" else replace(unseen, name=name)
+        )
+    return findings + local
 
 
 _SERVICE_KEY_FIX = (
