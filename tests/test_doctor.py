@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+import respx
 from conftest import USER_A, FakeEmbedder, act_as
 
 from supa_vectors import VectorStore
@@ -455,3 +458,56 @@ def test_the_service_role_reads_every_fact_doctor_uses(conn: psycopg.Connection)
         "method": "hnsw",
     }
     assert facts["dimension"] == 384
+
+
+# ---------------------------------------------------------------------------------------------------
+# Over PostgREST (respx: no PostgREST binary here), where --fix cannot build an index.
+
+HTTP_URL = "http://supa.test"
+
+
+@pytest.fixture
+def postgrest(database_url: str) -> Iterator[tuple[respx.MockRouter, dict[str, Any], dict[str, Any]]]:
+    """PostgREST answering store_stats and store_diagnostics with what the local stack answers."""
+    with psycopg.connect(database_url) as conn:
+        act_as(conn, Identity.service())
+        row = conn.execute("select public.store_stats(), public.store_diagnostics()").fetchone()
+        assert row is not None
+        stats, facts = row
+    with respx.mock(base_url=f"{HTTP_URL}/rest/v1", assert_all_called=False) as router:
+        router.post("/rpc/store_stats").mock(side_effect=lambda _: httpx.Response(200, json=stats))
+        router.post("/rpc/store_diagnostics").mock(side_effect=lambda _: httpx.Response(200, json=facts))
+        yield router, stats, facts
+
+
+def test_over_postgrest_fix_says_it_needs_the_table_owner(
+    postgrest: tuple[respx.MockRouter, dict[str, Any], dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, stats, facts = postgrest
+    stats["vector_index"] = facts["vector_index"]["present"] = False
+    stats["bulk_load"] = facts["bulk_load"] = {"started_at": "2026-12-03T08:00:00+00:00", "abandoned": True}
+    code, report, findings = doctor(capsys, HTTP_URL, "--key", "service-key", "--fix")
+    assert code == 1
+    assert findings["configuration"]["detail"] == f"postgrest {HTTP_URL}"
+    assert findings["vector index"]["status"] == "fail"
+    assert "left unfinished" in findings["vector index"]["detail"]
+    assert report["repairs"] == [
+        "nothing: rebuilding the index needs the table owner; run with --database-url postgresql://..."
+    ]
+
+
+def test_over_postgrest_a_user_token_gets_warnings_not_failures(
+    postgrest: tuple[respx.MockRouter, dict[str, Any], dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    router, _, _ = postgrest
+    refused = json.loads(
+        (Path(__file__).parent / "fixtures/postgrest/42501_permission_denied_authenticated.json").read_text()
+    )
+    router.post("/rpc/store_diagnostics").mock(
+        return_value=httpx.Response(refused["status"], headers=refused["headers"], content=refused["body"])
+    )
+    code, report, findings = doctor(capsys, HTTP_URL, "--key", "user-jwt")
+    assert code == 0
+    assert report["status"] == "warn"
+    assert findings["rls"]["detail"] == "not checked: needs the service role"
+    assert findings["vector index"]["status"] == "ok"
