@@ -49,13 +49,18 @@ class Target:
     url: str
     key: str | None = None
 
-    def __repr__(self) -> str:
-        # Never print a key or a database password.
+    @property
+    def shown_url(self) -> str:
+        """The URL without user, password or query: what may be printed or logged."""
         parts = urlsplit(self.url)
         netloc = parts.hostname or ""
         if parts.port:
             netloc += f":{parts.port}"
-        return f"Target(kind={self.kind!r}, url='{parts.scheme}://{netloc}{parts.path}')"
+        return f"{parts.scheme}://{netloc}{parts.path}"
+
+    def __repr__(self) -> str:
+        # Never print a key or a database password.
+        return f"Target(kind={self.kind!r}, url='{self.shown_url}')"
 
 
 def target_from_url(url: str, key: str | None = None) -> Target:

@@ -37,6 +37,8 @@ def test_every_function_has_a_fixed_empty_search_path(conn: psycopg.Connection) 
 # its caller itself or is callable by service_role only; every other function runs as its caller, under
 # Row Level Security. Columns: schema, owned by the tables' owner, a trigger function, callers.
 SECURITY_DEFINER = [
+    # The applied migrations' versions for `supa-vectors doctor` (decision 0019): service_role only.
+    ("supa_vectors_internal.applied_migrations()", "supa_vectors_internal", True, False, "service_role"),
     ("supa_vectors_internal.record_run_history()", "supa_vectors_internal", True, True, ""),
     # pg_stat_statements' figures for the store's RPCs, whoever called them (decision 0018): returns no
     # statement text, service_role only.

@@ -45,6 +45,7 @@ __all__ = [
     "RESTORE_VECTOR_INDEX",
     "ROLLBACK_INGEST_RUN",
     "RPCS",
+    "STORE_DIAGNOSTICS",
     "STORE_SETTINGS",
     "STORE_STATS",
     "Rpc",
@@ -91,6 +92,8 @@ EXPORT_SNAPSHOT = Rpc("export_snapshot", scalar=True, idempotent=True)
 # Monitoring, service role only (decision 0018).
 STORE_RPC_STATS = Rpc("store_rpc_stats", idempotent=True)
 STORE_TABLE_SIZES = Rpc("store_table_sizes", idempotent=True)
+# The catalog facts `supa-vectors doctor` checks, service role only (decision 0019).
+STORE_DIAGNOSTICS = Rpc("store_diagnostics", scalar=True, idempotent=True)
 
 RPCS: Mapping[str, Rpc] = {
     rpc.name: rpc
@@ -104,6 +107,7 @@ RPCS: Mapping[str, Rpc] = {
         STORE_SETTINGS,
         STORE_RPC_STATS,
         STORE_TABLE_SIZES,
+        STORE_DIAGNOSTICS,
         BULK_UPSERT,
         DELETE_DOCUMENTS,
         EXPORT_DOCUMENTS,

