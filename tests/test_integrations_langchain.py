@@ -9,8 +9,6 @@ skipped or overridden (the suite's own ``test_no_overrides_DO_NOT_OVERRIDE`` che
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests
 
-from supa_vectors import AsyncVectorStore, Identity, VectorStore
+from supa_vectors import AsyncVectorStore, VectorStore
 from supa_vectors.errors import BackendUnavailableError, ConfigurationError, FilterError, InvalidInputError
 from supa_vectors.integrations.langchain import (
     SupaVectorsEmbeddings,
@@ -28,8 +26,8 @@ from supa_vectors.integrations.langchain import (
     SupaVectorsVectorStore,
 )
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
-from tests.conftest import DIM, USER_A, USER_B, FakeEmbedder, empty_store
-from tests.integrations_corpus import corpus_slice
+from tests.conftest import DIM, FakeEmbedder, empty_store
+from tests.integrations_corpus import corpus_slice, import_error, two_users
 
 COFFEE = [
     ("espresso", "Espresso forces hot water through finely ground coffee under pressure.", "pressure", 1),
@@ -214,13 +212,7 @@ def test_offline_answers_carry_source_and_stale(clean_url: str, tmp_path: Path) 
 
 def test_each_identity_sees_its_own_documents(clean_url: str) -> None:
     """RLS is the store's: the adapter over a user's store sees that user's documents only."""
-    stores = [
-        VectorStore(
-            PostgresTransport(clean_url, identity=Identity.user(user)), embedder=FakeEmbedder(), cache="off"
-        )
-        for user in (USER_A, USER_B)
-    ]
-    try:
+    with two_users(clean_url) as stores:
         a, b = (SupaVectorsVectorStore(s) for s in stores)
         a.add_texts(["alpha private note about espresso"], ids=["note"])
         b.add_texts(["bravo private note about tea"], ids=["note"])
@@ -231,9 +223,6 @@ def test_each_identity_sees_its_own_documents(clean_url: str) -> None:
         b.delete(["note"])
         assert len(a.get_by_ids(["note"])) == 1
         assert b.get_by_ids(["note"]) == []
-    finally:
-        for s in stores:
-            s.close()
 
 
 def test_corpus_retrieval_equals_the_sdks(database_url: str) -> None:
@@ -255,10 +244,5 @@ def test_corpus_retrieval_equals_the_sdks(database_url: str) -> None:
 
 
 def test_importing_without_langchain_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['langchain_core'] = None\n"
-        "try:\n    import supa_vectors.integrations.langchain\n"
-        "except ImportError as e:\n    print(e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'supa-vectors[langchain]'" in out
+    message = import_error("supa_vectors.integrations.langchain", "langchain_core")
+    assert "pip install 'supa-vectors[langchain]'" in message
