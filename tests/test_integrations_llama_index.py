@@ -137,6 +137,18 @@ def test_nodes_round_trip(store: VectorStore) -> None:
     assert vector_store.get_nodes() == []
     with pytest.raises(InvalidInputError, match="clear"):
         vector_store.delete_nodes()
+    # a document the SDK wrote (no LlamaIndex keys) reads as a TextNode
+    store.upsert({"id": "plain", "content": "written by the SDK", "metadata": {"kind": "note"}})
+    (plain,) = vector_store.get_nodes(node_ids=["plain"])
+    assert isinstance(plain, TextNode)
+    assert (plain.node_id, plain.get_content(), plain.metadata) == (
+        "plain",
+        "written by the SDK",
+        {"kind": "note"},
+    )
+    assert vector_store.query(VectorStoreQuery(query_str="written by the SDK", similarity_top_k=1)).ids == [
+        "plain"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from supa_vectors.integrations._shared import OFFLINE_KEY, StorePair, missing_fr
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.bridge.pydantic import PrivateAttr
-    from llama_index.core.schema import BaseNode, MetadataMode
+    from llama_index.core.schema import BaseNode, MetadataMode, TextNode
     from llama_index.core.vector_stores.types import (
         BasePydanticVectorStore,
         FilterCondition,
@@ -186,7 +186,9 @@ class SupaVectorsVectorStore(BasePydanticVectorStore):
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
     ) -> list[BaseNode]:
         """The visible nodes with these ids and/or matching ``filters`` (all of them with neither)."""
-        return [_node(doc.content, doc.metadata) for doc in self._stored(node_ids, filters, needed=False)]
+        return [
+            _node(doc.id, doc.content, doc.metadata) for doc in self._stored(node_ids, filters, needed=False)
+        ]
 
     async def aget_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
@@ -194,7 +196,7 @@ class SupaVectorsVectorStore(BasePydanticVectorStore):
         if self._stores.async_store is None:
             return await _in_thread(self.get_nodes, node_ids, filters)
         found = await self._astored(node_ids, filters, needed=False)
-        return [_node(doc.content, doc.metadata) for doc in found]
+        return [_node(doc.id, doc.content, doc.metadata) for doc in found]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Dense, hybrid or full-text search (``query.mode``), with ``query.filters`` in the store."""
@@ -320,7 +322,11 @@ def _documents(nodes: Sequence[BaseNode]) -> list[Document]:
     ]
 
 
-def _node(text: str, metadata: dict[str, Any]) -> BaseNode:
+def _node(node_id: str, text: str, metadata: dict[str, Any]) -> BaseNode:
+    """The node a document holds; a document the SDK or a migration wrote (no ``_node_content``) reads
+    as a ``TextNode`` with the document's id, text and metadata."""
+    if "_node_content" not in metadata:
+        return TextNode(id_=node_id, text=text, metadata=metadata)
     node = metadata_dict_to_node({k: v for k, v in metadata.items() if k != OFFLINE_KEY}, text=text)
     if OFFLINE_KEY in metadata:
         node.metadata[OFFLINE_KEY] = metadata[OFFLINE_KEY]
@@ -380,7 +386,7 @@ def _plan(
 
 def _result(results: Sequence[SearchResult | HybridSearchResult]) -> VectorStoreQueryResult:
     return VectorStoreQueryResult(
-        nodes=[_node(r.content, result_metadata(r)) for r in results],
+        nodes=[_node(r.id, r.content, result_metadata(r)) for r in results],
         similarities=[r.similarity if isinstance(r, SearchResult) else r.score for r in results],
         ids=[r.id for r in results],
     )
