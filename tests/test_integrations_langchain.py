@@ -9,6 +9,8 @@ skipped or overridden (the suite's own ``test_no_overrides_DO_NOT_OVERRIDE`` che
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,24 @@ async def test_async_without_an_async_store_runs_the_blocking_calls(coffee: Supa
     assert ids(await retriever.ainvoke("moka stove")) == ["moka"]
     assert ids(await coffee.asimilarity_search("cold brew soaks", k=1)) == ["cold-brew"]
     assert ids(await coffee.aget_by_ids(["moka"])) == ["moka"]
+
+
+def test_an_async_only_adapter_refuses_blocking_calls(clean_url: str) -> None:
+    astore = AsyncVectorStore(AsyncPostgresTransport(clean_url), embedder=FakeEmbedder())
+    with pytest.raises(ConfigurationError, match="only an AsyncVectorStore"):
+        SupaVectorsVectorStore(async_store=astore).similarity_search("x")
+    with pytest.raises(ConfigurationError, match="pass it as async_store="):
+        SupaVectorsVectorStore(astore)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"store=.*async_store="):
+        SupaVectorsVectorStore()
+
+
+def test_importing_supa_vectors_loads_no_framework() -> None:
+    code = (
+        "import sys, supa_vectors; print(sorted(m for m in sys.modules if m.startswith(('langch', 'llama'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_app_embeddings_cannot_hybrid_search(clean_url: str) -> None:

@@ -86,6 +86,14 @@ async def test_vector_store_index_builds_and_answers(store: VectorStore, clean_u
     assert hybrid.retrieve("moka pot stove")[0].node.ref_doc_id == "brewing/moka-pot"
     words = index.as_retriever(similarity_top_k=2, vector_store_query_mode="text_search")
     assert words.retrieve("crema")[0].node.ref_doc_id == "brewing/espresso"
+    # alpha=0 is LlamaIndex's "keywords only": the same ranking as text search
+    keywords = index.as_retriever(similarity_top_k=3, vector_store_query_mode="hybrid", alpha=0.0)
+    assert [h.node.node_id for h in keywords.retrieve("coarse grounds")] == [
+        h.node.node_id
+        for h in index.as_retriever(similarity_top_k=3, vector_store_query_mode="text_search").retrieve(
+            "coarse grounds"
+        )
+    ]
 
     index.delete_ref_doc("brewing/espresso")
     assert store.count() == 13
