@@ -1,5 +1,5 @@
 """What the framework adapters' tests share: a slice of the shared corpus for the retrieval-equality
-tests, two users' stores for the RLS tests, an import without the framework.
+tests, two users' stores for the RLS tests, an import without the framework, a transport to take down.
 
 The equality checked is of the adapters against the SDK on the same store and vectors, so the fake
 embedder (bag of words, tests/conftest.py) stands in for the model: running the ONNX model over the
@@ -13,10 +13,11 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from supa_vectors import Identity, VectorStore
+from supa_vectors.errors import BackendUnavailableError
 from supa_vectors.transport.postgres import PostgresTransport
 from tests.conftest import CORPUS, USER_A, USER_B, FakeEmbedder
 
@@ -57,3 +58,14 @@ def import_error(module: str, *missing: str) -> str:
         f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+class FlakyTransport(PostgresTransport):
+    """Fault injection: while ``down``, every call fails as unreachable."""
+
+    down = False
+
+    def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
+        if self.down:
+            raise BackendUnavailableError(f"injected: connection refused ({name})")
+        return super().rpc(name, params)

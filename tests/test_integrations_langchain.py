@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -21,7 +20,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests
 
 from supa_vectors import AsyncVectorStore, VectorStore
-from supa_vectors.errors import BackendUnavailableError, ConfigurationError, FilterError, InvalidInputError
+from supa_vectors.errors import ConfigurationError, FilterError, InvalidInputError
 from supa_vectors.integrations.langchain import (
     SupaVectorsEmbeddings,
     SupaVectorsRetriever,
@@ -29,7 +28,7 @@ from supa_vectors.integrations.langchain import (
 )
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import DIM, FakeEmbedder, empty_store
-from tests.integrations_corpus import corpus_slice, import_error, two_users
+from tests.integrations_corpus import FlakyTransport, corpus_slice, import_error, two_users
 
 COFFEE = [
     ("espresso", "Espresso forces hot water through finely ground coffee under pressure.", "pressure", 1),
@@ -189,17 +188,6 @@ def test_mmr_picks_diverse_candidates_with_their_vectors(clean_url: str) -> None
         assert ids(retriever.invoke("coffee espresso crema")) == ["a", "d"]
         # hybrid works with the store's own model wrapped as LangChain Embeddings
         assert ids(vectorstore.hybrid_search("roast origin", k=1)) == ["d"]
-
-
-class FlakyTransport(PostgresTransport):
-    """Fault injection: while ``down``, every call fails as unreachable."""
-
-    down = False
-
-    def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
-        if self.down:
-            raise BackendUnavailableError(f"injected: connection refused ({name})")
-        return super().rpc(name, params)
 
 
 def test_offline_answers_carry_source_and_stale(clean_url: str, tmp_path: Path) -> None:

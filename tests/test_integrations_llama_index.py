@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from supa_vectors.errors import FilterError, InvalidInputError
 from supa_vectors.integrations.llama_index import SupaVectorsEmbedding, SupaVectorsVectorStore, to_filter
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import REPO_ROOT, FakeEmbedder, empty_store
-from tests.integrations_corpus import corpus_slice, import_error, two_users
+from tests.integrations_corpus import FlakyTransport, corpus_slice, import_error, two_users
 
 
 def example_documents() -> list[Document]:
@@ -282,6 +283,21 @@ def test_each_identity_sees_its_own_nodes(clean_url: str) -> None:
         b.clear()
         assert b.get_nodes() == []
         assert len(a.get_nodes()) == 1
+
+
+def test_offline_answers_carry_source_and_stale(clean_url: str, tmp_path: Path) -> None:
+    transport = FlakyTransport(clean_url)
+    with VectorStore(transport, embedder=FakeEmbedder(), cache_dir=tmp_path) as store:
+        vector_store = SupaVectorsVectorStore(store)
+        vector_store.add([TextNode(id_="n", text="moka pot on the stove", metadata={"source": "moka.md"})])
+        query = VectorStoreQuery(query_str="moka pot", similarity_top_k=1)
+        assert vector_store.query(query).nodes[0].metadata == {"source": "moka.md"}  # type: ignore[index]
+        transport.down = True
+        (node,) = vector_store.query(query).nodes or []
+        assert node.node_id == "n"
+        assert node.metadata["source"] == "moka.md"
+        assert node.metadata["supa_vectors"]["source"] == "cache"
+        assert node.metadata["supa_vectors"]["stale"] is True
 
 
 def test_corpus_retrieval_equals_the_sdks(database_url: str) -> None:

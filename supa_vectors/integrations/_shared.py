@@ -71,6 +71,13 @@ class StorePair:
         self.async_store = async_store
 
     @property
+    def sync_or_async(self) -> VectorStore | AsyncVectorStore:
+        """The blocking store when there is one, else the async one (there is always one)."""
+        found = self.store if self.store is not None else self.async_store
+        assert found is not None  # __init__ refused neither
+        return found
+
+    @property
     def sync(self) -> VectorStore:
         if self.store is None:
             raise ConfigurationError(

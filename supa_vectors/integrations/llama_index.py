@@ -121,7 +121,7 @@ class SupaVectorsVectorStore(BasePydanticVectorStore):
     @property
     def client(self) -> VectorStore | AsyncVectorStore:
         """The wrapped store (the blocking one when there are both)."""
-        return self._stores.store or self._stores.sync
+        return self._stores.sync_or_async
 
     # ---------------------------------------------------------------------------------------- writes
 
