@@ -160,6 +160,8 @@ def test_importing_supa_vectors_loads_no_framework() -> None:
 
 def test_app_embeddings_cannot_hybrid_search(clean_url: str) -> None:
     with VectorStore(PostgresTransport(clean_url), embedder=FakeEmbedder(), cache="off") as store:
+        built = SupaVectorsVectorStore.from_texts(["tea leaves steep"], None, ids=["tea"], store=store)
+        assert ids(built.similarity_search("tea", k=1)) == ["tea"]
         vectorstore = SupaVectorsVectorStore(store, embedding=DeterministicFakeEmbedding(size=DIM))
         with pytest.raises(ConfigurationError, match="hybrid search embeds the query"):
             vectorstore.hybrid_search("moka")

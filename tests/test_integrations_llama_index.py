@@ -160,6 +160,33 @@ def test_nodes_round_trip(store: VectorStore) -> None:
     ]
 
 
+async def test_async_methods_over_an_async_store(clean_url: str) -> None:
+    async with AsyncVectorStore(
+        AsyncPostgresTransport(clean_url), embedder=FakeEmbedder(), cache="off"
+    ) as astore:
+        vector_store = SupaVectorsVectorStore(async_store=astore)
+        assert vector_store.client is astore
+        source = RelatedNodeInfo(node_id="book")
+        nodes = [
+            TextNode(
+                id_=f"n{i}",
+                text=f"page {i} about tea",
+                metadata={"page": i},
+                relationships={NodeRelationship.SOURCE: source},
+            )
+            for i in range(3)
+        ]
+        assert await vector_store.async_add(nodes) == ["n0", "n1", "n2"]
+        got = await vector_store.aget_nodes(node_ids=["n2"])
+        assert [(n.node_id, n.metadata, n.ref_doc_id) for n in got] == [("n2", {"page": 2}, "book")]
+        page_0 = MetadataFilters(filters=[MetadataFilter(key="page", value=0)])
+        await vector_store.adelete_nodes(filters=page_0)
+        result = await vector_store.aquery(VectorStoreQuery(query_str="tea", similarity_top_k=5))
+        assert sorted(result.ids or []) == ["n1", "n2"]
+        await vector_store.aclear()
+        assert await vector_store.aget_nodes() == []
+
+
 # ------------------------------------------------------------------------------------------------
 # filters: every operator, on the server, against LlamaIndex's own evaluation
 
