@@ -150,6 +150,17 @@ def test_an_async_only_adapter_refuses_blocking_calls(clean_url: str) -> None:
         SupaVectorsVectorStore()
 
 
+def test_the_embeddings_adapter_defaults_to_the_local_onnx_model() -> None:
+    from supa_vectors import OnnxEmbedder
+
+    embeddings = SupaVectorsEmbeddings()
+    assert isinstance(embeddings.embedder, OnnxEmbedder)
+    query, (document,) = embeddings.embed_query("espresso"), embeddings.embed_documents(["espresso"])
+    assert len(query) == DIM
+    assert query == document  # one model for both, as the store embeds
+    assert abs(sum(x * x for x in query) - 1) < 1e-4
+
+
 def test_importing_supa_vectors_loads_no_framework() -> None:
     code = (
         "import sys, supa_vectors; print(sorted(m for m in sys.modules if m.startswith(('langch', 'llama'))))"
