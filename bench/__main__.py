@@ -14,6 +14,8 @@ Sections (``--only`` takes a comma-separated subset, in any order):
   cli        whole CLI processes: start-up, and searches with the backend down against up (bench/cli.py)
   http       the Edge Function under Deno against the SDK: search latency, 8 clients, cold start,
              text embedded at the edge (bench/http.py)
+  integrations  the LangChain and LlamaIndex adapters against LlamaIndex's vecs-based Supabase store:
+             filtered search at 10% and 1% (bench/integrations.py)
 
 ``--quick`` runs small sizes (about a minute) so CI keeps the code working; its figures mean little.
 Every figure is printed with its ratio to a baseline measured in the same run.
@@ -48,6 +50,7 @@ SECTIONS = (
     "backup",
     "cli",
     "http",
+    "integrations",
 )
 # section -> (module, function taking quick). search and filtered share one loaded store: when both
 # are chosen, bench.search.run_parts loads it once and returns the figures of both.
@@ -63,6 +66,7 @@ _RUNNERS: dict[str, tuple[str, str]] = {
     "backup": ("bench.backup", "run"),
     "cli": ("bench.cli", "run"),
     "http": ("bench.http", "run"),
+    "integrations": ("bench.integrations", "run"),
 }
 
 

@@ -89,6 +89,7 @@ PUBLIC_MODULES = {
     "local": "the embedded local stack, used by tests and the CLI",
     "cli": "the console script's package",
     "cache": "the offline layer; its public names (CircuitBreaker, results) are re-exported",
+    "integrations": "the LangChain and LlamaIndex adapters, imported by path (each needs its extra)",
 }
 
 

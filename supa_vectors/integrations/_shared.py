@@ -1,0 +1,86 @@
+"""What both framework adapters share: the import guard, the stores they wrap, offline markers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from supa_vectors._models import HybridSearchResult, SearchResult
+from supa_vectors._store import AsyncVectorStore, VectorStore
+from supa_vectors.errors import ConfigurationError, InvalidInputError
+
+__all__ = ["OFFLINE_KEY", "StorePair", "check_options", "missing_framework", "result_metadata"]
+
+# The metadata key an answer from the cache or the mirror carries: LangChain's loaders already use
+# metadata["source"] for the file a text came from, so the offline markers live under a key of ours.
+OFFLINE_KEY = "supa_vectors"
+
+
+def missing_framework(package: str, extra: str) -> ImportError:
+    """The error an integration raises on import when its framework is not installed."""
+    return ImportError(
+        f"supa_vectors.integrations needs {package} for this adapter: pip install 'supa-vectors[{extra}]'"
+    )
+
+
+def result_metadata(result: SearchResult | HybridSearchResult) -> dict[str, Any]:
+    """A hit's metadata, plus ``{"supa_vectors": {source, stale, age_seconds}}`` when it was not a
+    fresh answer from the backend (so an app can tell a stale answer from a live one)."""
+    metadata = dict(result.metadata)
+    if result.stale or result.source != "backend":
+        metadata[OFFLINE_KEY] = {
+            "source": result.source,
+            "stale": result.stale,
+            "age_seconds": result.age_seconds,
+        }
+    return metadata
+
+
+def check_options(operation: str, given: Mapping[str, Any], known: frozenset[str]) -> None:
+    """Refuse keyword arguments the operation does not take: a misspelt ``filters=`` silently
+    ignored would return unfiltered documents."""
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"{operation} does not take {', '.join(unknown)}; it takes {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+class StorePair:
+    """The blocking and/or asyncio store an adapter wraps (at least one).
+
+    Blocking calls need the blocking store; async calls use the async store when there is one and
+    otherwise run the blocking call in a worker thread (as the frameworks' defaults do).
+    """
+
+    def __init__(self, store: VectorStore | None, async_store: AsyncVectorStore | None) -> None:
+        if store is None and async_store is None:
+            raise ConfigurationError(
+                "pass a VectorStore (store=), an AsyncVectorStore (async_store=), or both"
+            )
+        if store is not None and not isinstance(store, VectorStore):
+            raise ConfigurationError(
+                f"store= takes a supa_vectors.VectorStore, got {type(store).__name__}"
+                + (" (pass it as async_store=)" if isinstance(store, AsyncVectorStore) else "")
+            )
+        if async_store is not None and not isinstance(async_store, AsyncVectorStore):
+            raise ConfigurationError(
+                f"async_store= takes a supa_vectors.AsyncVectorStore, got {type(async_store).__name__}"
+            )
+        self.store = store
+        self.async_store = async_store
+
+    @property
+    def sync_or_async(self) -> VectorStore | AsyncVectorStore:
+        """The blocking store when there is one, else the async one (there is always one)."""
+        found = self.store if self.store is not None else self.async_store
+        assert found is not None  # __init__ refused neither
+        return found
+
+    @property
+    def sync(self) -> VectorStore:
+        if self.store is None:
+            raise ConfigurationError(
+                "this adapter wraps only an AsyncVectorStore: use its async methods, or pass store= too"
+            )
+        return self.store
