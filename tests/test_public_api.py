@@ -44,6 +44,7 @@ EXPECTED_ALL = [
     "PendingWrite",
     "PostgresTransport",
     "PostgrestTransport",
+    "ProcessStats",
     "QueryTimeoutError",
     "RpcStats",
     "SearchResult",
