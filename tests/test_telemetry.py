@@ -301,7 +301,7 @@ def test_process_stats_count_what_was_done_and_the_hit_rate_after_an_outage(
     assert search.answers == {"backend": 3, "cache": 1, "mirror": 1}
     assert figures.answers == {"backend": 3, "cache": 1, "mirror": 1}
     assert figures.cache_hit_rate == pytest.approx(2 / 5)
-    assert figures.operations["hybrid_search"].errors == {"BackendUnavailableError": 1}
+    assert figures.operations["hybrid"].errors == {"BackendUnavailableError": 1}
     assert figures.errors == {"InvalidInputError": 1, "BackendUnavailableError": 1}
     assert figures.operations["upsert"].calls == 2
     assert figures.operations["sync_mirror"].calls == 1

@@ -496,7 +496,7 @@ class StoreCore:
             )
         )
 
-    @operation("hybrid_search", rpcs.HYBRID_SEARCH)
+    @operation("hybrid", rpcs.HYBRID_SEARCH)
     def _hybrid_flow(
         self, query: str, k: int, filter: Filter | None, options: HybridOptions
     ) -> Flow[list[HybridSearchResult]]:
