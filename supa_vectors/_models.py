@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from supa_vectors.cache.breaker import BreakerState
+
 __all__ = [
     "DeleteCount",
     "Document",
@@ -222,7 +224,7 @@ class ProcessStats(BaseModel):
     errors: dict[str, int]
     answers: dict[str, int]
     cache_hit_rate: float | None
-    breaker_state: Literal["closed", "open", "half-open"]
+    breaker_state: BreakerState
     breaker_failures: int
     breaker_times_opened: int
     outbox_depth: int | None
