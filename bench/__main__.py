@@ -10,6 +10,7 @@ Sections (``--only`` takes a comma-separated subset, in any order):
   offline    cache hits, answers with the backend down, mirror search (bench/offline.py)
   migration  the shared corpus through the migration path, and memory at 1x and 10x (bench/migration.py)
   bulkload   8 searchers' latency while another tenant bulk-loads, index kept or dropped (bench/bulkload.py)
+  backup     backup and restore: peak memory at two store sizes (flat), throughput (bench/backup.py)
   cli        whole CLI processes: start-up, and searches with the backend down against up (bench/cli.py)
   http       the Edge Function under Deno against the SDK: search latency, 8 clients, cold start,
              text embedded at the edge (bench/http.py)
@@ -44,6 +45,7 @@ SECTIONS = (
     "offline",
     "migration",
     "bulkload",
+    "backup",
     "cli",
     "http",
 )
@@ -58,6 +60,7 @@ _RUNNERS: dict[str, tuple[str, str]] = {
     "offline": ("bench.offline", "run"),
     "migration": ("bench.migration", "run"),
     "bulkload": ("bench.bulkload", "run"),
+    "backup": ("bench.backup", "run"),
     "cli": ("bench.cli", "run"),
     "http": ("bench.http", "run"),
 }

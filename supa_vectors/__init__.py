@@ -24,9 +24,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from supa_vectors.errors import (
+    ArchiveError,
     AuthError,
     BackendError,
     BackendUnavailableError,
+    BackupError,
     ConfigurationError,
     DocumentError,
     EmbeddingError,
@@ -45,10 +47,12 @@ from supa_vectors.transport.identity import Identity
 
 if TYPE_CHECKING:
     from supa_vectors._models import (
+        BackupResult,
         DeleteCount,
         Document,
         HybridSearchResult,
         ProcessStats,
+        RestoreResult,
         RpcStats,
         SearchResult,
         StoredDocument,
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveError",
     "AsyncPostgresTransport",
     "AsyncPostgrestTransport",
     "AsyncTransport",
@@ -73,6 +78,8 @@ __all__ = [
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
+    "BackupError",
+    "BackupResult",
     "CircuitBreaker",
     "ConfigurationError",
     "DeleteCount",
@@ -96,6 +103,7 @@ __all__ = [
     "PostgrestTransport",
     "ProcessStats",
     "QueryTimeoutError",
+    "RestoreResult",
     "RpcStats",
     "SearchResult",
     "StoreStats",
@@ -120,10 +128,12 @@ _LAZY = {
     "PendingWrite": "supa_vectors.cache.outbox",
     **dict.fromkeys(
         (
+            "BackupResult",
             "DeleteCount",
             "Document",
             "HybridSearchResult",
             "ProcessStats",
+            "RestoreResult",
             "RpcStats",
             "SearchResult",
             "StoredDocument",

@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from supa_vectors.cache.breaker import BreakerState
 
 __all__ = [
+    "BackupResult",
     "DeleteCount",
     "Document",
     "HybridSearchResult",
     "OperationStats",
     "ProcessStats",
+    "RestoreResult",
     "ResultSource",
     "RpcStats",
     "SearchResult",
@@ -230,3 +232,30 @@ class ProcessStats(BaseModel):
     outbox_depth: int | None
     outbox_oldest_age_seconds: float | None
     cache_errors: int
+class BackupResult(BaseModel):
+    """What ``store.backup(path)`` wrote: documents, shard files and their bytes, how many passes it
+    took to get one snapshot, and the database time of that snapshot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    documents: int
+    files: int
+    bytes: int
+    attempts: int
+    snapshot_at: str
+
+
+class RestoreResult(BaseModel):
+    """What ``store.restore(path)`` did: documents in the archive, what ``bulk_upsert`` reported for
+    them (a re-run after a crash reports the landed ones ``unchanged``), and how many were read back and
+    found equal to the archive (content hash and vector)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    documents: int
+    inserted: int
+    updated: int
+    unchanged: int
+    verified: int

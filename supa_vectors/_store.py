@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from supa_vectors._config import async_transport_for, transport_for
 from supa_vectors._core.checks import check_page_size
-from supa_vectors._core.flows import HybridOptions, Query, StoreCore, StoreOptions, run_embedder
+from supa_vectors._core.flows import (
+    BackupOptions,
+    HybridOptions,
+    Query,
+    RestoreOptions,
+    StoreCore,
+    StoreOptions,
+    run_embedder,
+)
 from supa_vectors._core.ops import Driver, EmbedCall, Flow, Op, RpcCall
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._core.upsert import DocumentInput
 from supa_vectors._models import (
+    BackupResult,
     DeleteCount,
     HybridSearchResult,
+    RestoreResult,
     RpcStats,
     SearchResult,
     StoredDocument,
@@ -227,6 +238,28 @@ class VectorStore(StoreCore):
         """
         return self._run(self._sync_flow(full))
 
+    def backup(self, path: str | os.PathLike[str], **options: Unpack[BackupOptions]) -> BackupResult:
+        """Archive the caller's documents, metadata and vectors at ``path`` (a new directory), as one
+        snapshot: a signed-in user's own documents, or every document for the service role.
+
+        Streamed (memory does not grow with the store); ``path`` appears only once the archive is
+        whole and its snapshot check passed. ``page_size`` (500) documents per call, ``shard_size``
+        (10,000) per file, ``attempts`` (3) passes before a store that keeps changing raises
+        :class:`~supa_vectors.errors.BackupError`. See docs/operations/backups.md.
+        """
+        return self._run(self._backup_flow(path, options))
+
+    def restore(self, path: str | os.PathLike[str], **options: Unpack[RestoreOptions]) -> RestoreResult:
+        """Write the archive at ``path`` into this store with its vectors (nothing is re-embedded).
+
+        The whole archive is checked first (a damaged or edited one raises
+        :class:`~supa_vectors.errors.ArchiveError`, nothing written); documents go in ``chunk_rows``
+        (500) per transaction, as the caller (a user's restore writes the user's own documents; the
+        service role keeps each document's owner); then every document is read back and compared
+        (``verify``). Idempotent: after a crash, the same call finishes the job without duplicates.
+        """
+        return self._run(self._restore_flow(path, options))
+
     def close(self) -> None:
         self._transport.close()
         self._offline.close()
@@ -328,6 +361,14 @@ class AsyncVectorStore(StoreCore):
     async def count(self, filter: Filter | None = None) -> int:
         """See :meth:`VectorStore.count`."""
         return await self._run(self._count_flow(filter))
+
+    async def backup(self, path: str | os.PathLike[str], **options: Unpack[BackupOptions]) -> BackupResult:
+        """See :meth:`VectorStore.backup` (the archive's files are written from the event loop's thread)."""
+        return await self._run(self._backup_flow(path, options))
+
+    async def restore(self, path: str | os.PathLike[str], **options: Unpack[RestoreOptions]) -> RestoreResult:
+        """See :meth:`VectorStore.restore`."""
+        return await self._run(self._restore_flow(path, options))
 
     def iter_documents(
         self, *, filter: Filter | None = None, page_size: int = 500

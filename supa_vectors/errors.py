@@ -10,9 +10,11 @@ psycopg, httpx, supabase-py or onnxruntime never leak: they are chained as
     ├── InvalidInputError           bad documents, filters or arguments (nothing was written)
     │   ├── FilterError             a malformed metadata filter
     │   ├── DocumentError           a bad record; names its position and id
+    │   ├── ArchiveError            a backup archive that is damaged, tampered or of another format
     │   └── UsageError              a command line the CLI cannot run (exit status 2)
     ├── ModelMismatchError          the embedder is not the store's model or dimension
     ├── EmbeddingError              the local model cannot be installed, built or run
+    ├── BackupError                 no consistent backup (the store kept changing), or a restore differs
     ├── BackendError                the database or PostgREST answered with a failure
     │   ├── AuthError               missing or insufficient privileges (RLS, JWT, grants)
     │   ├── NotFoundError           the RPC or the object does not exist
@@ -31,9 +33,11 @@ if TYPE_CHECKING:
     from supa_vectors._models import UpsertResult
 
 __all__ = [
+    "ArchiveError",
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
+    "BackupError",
     "ConfigurationError",
     "DocumentError",
     "EmbeddingError",
@@ -79,12 +83,23 @@ class DocumentError(InvalidInputError):
         self.document_id = document_id
 
 
+class ArchiveError(InvalidInputError):
+    """A backup archive cannot be restored: no manifest, another format version, a file whose size or
+    SHA-256 differs from the manifest (truncated, edited), or a record that does not parse. The whole
+    archive is checked before the first write, so nothing was written."""
+
+
 class ModelMismatchError(SupaVectorsError):
     """The embedder's model id or dimension differs from the store's ``metadata_global``."""
 
 
 class EmbeddingError(SupaVectorsError):
     """The local embedding model could not be installed, built or run."""
+
+
+class BackupError(SupaVectorsError):
+    """A backup could not be taken as one snapshot (the store changed during every pass), or after a
+    restore the store does not hold what the archive holds (content hash or vector differs)."""
 
 
 class BackendError(SupaVectorsError):

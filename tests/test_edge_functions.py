@@ -8,12 +8,15 @@ so ``deno run index.ts`` serves exactly the code ``supabase functions deploy`` s
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.server
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -609,12 +612,103 @@ def sdk_embedder() -> OnnxEmbedder:
     return embedder
 
 
-@pytest.fixture(scope="module")
-def edge_embedding(database_url: str, sdk_embedder: OnnxEmbedder) -> Iterator[httpx.Client]:
+STORAGE_KEY = "service-key-of-the-test-project"
+MODEL_PATH = "/storage/v1/object/authenticated/models/all-MiniLM-L6-v2/"
+
+
+class ModelStorage:
+    """A stand-in for a private Storage bucket: serves the installed model under MODEL_PATH only to a
+    request that carries the service key, and records every request's headers."""
+
+    def __init__(self, directory: Path, *, key: str | None) -> None:
+        self.requests: list[dict[str, str]] = []
+        storage = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                storage.requests.append({k.lower(): v for k, v in self.headers.items()})
+                name = self.path.removeprefix(MODEL_PATH)
+                authorized = key is None or (
+                    self.headers.get("authorization") == f"Bearer {key}" and self.headers.get("apikey") == key
+                )
+                target = directory / name
+                if not authorized or name == self.path or "/" in name or not target.is_file():
+                    self.send_error(400 if not authorized else 404)  # Storage answers 400 without a key
+                    return
+                body = target.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def model_storage(*, key: str | None) -> Iterator[ModelStorage]:
     model = installed_model(quantized=False)
     assert model is not None
-    with serve_function(database_url, EMBEDDING_MODEL_URL=model.directory.as_uri() + "/") as client:
+    storage = ModelStorage(model.directory, key=key)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+@pytest.fixture(scope="module")
+def edge_embedding(database_url: str, sdk_embedder: OnnxEmbedder) -> Iterator[httpx.Client]:
+    """The function loading the SDK's fp32 graph from a private bucket of its own project, checksum
+    pinned, as a hosted deployment with a model would."""
+    model = installed_model(quantized=False)
+    assert model is not None
+    with (
+        model_storage(key=STORAGE_KEY) as storage,
+        serve_function(
+            database_url,
+            SUPABASE_URL=storage.origin,
+            SUPABASE_SERVICE_ROLE_KEY=STORAGE_KEY,
+            EMBEDDING_MODEL_URL=storage.origin + MODEL_PATH,
+            EMBEDDING_MODEL_SHA256=hashlib.sha256(model.onnx.read_bytes()).hexdigest(),
+        ) as client,
+    ):
         yield client
+        fetched = {r.get("authorization") for r in storage.requests}
+        assert fetched == {f"Bearer {STORAGE_KEY}"}, fetched
+
+
+def test_the_service_key_goes_only_to_the_project_and_a_wrong_checksum_refuses_the_model(
+    database_url: str, sdk_embedder: OnnxEmbedder
+) -> None:
+    """A model URL on another origin is fetched without the project's key; a graph whose SHA-256 is not
+    the pinned one is never run: text queries answer 503 and vectors keep working."""
+    with (
+        model_storage(key=STORAGE_KEY) as project,
+        model_storage(key=None) as elsewhere,
+        serve_function(
+            database_url,
+            SUPABASE_URL=project.origin,
+            SUPABASE_SERVICE_ROLE_KEY=STORAGE_KEY,
+            EMBEDDING_MODEL_URL=elsewhere.origin + MODEL_PATH,
+            EMBEDDING_MODEL_SHA256="0" * 64,
+        ) as client,
+    ):
+        alice = user_token(USER_A)
+        refused = client.post("/embed", headers=auth(alice), json={"texts": ["vacuum"]})
+        assert error_of(refused, 503)["code"] == "embedding_unavailable"
+        by_vector = client.post("/search", headers=auth(alice), json={"vector": vec(1), "k": 1})
+        assert by_vector.status_code == 200, by_vector.text
+    assert len(elsewhere.requests) >= 2
+    assert all("authorization" not in r and "apikey" not in r for r in elsewhere.requests)
+    assert project.requests == []
 
 
 def corpus_texts() -> list[str]:

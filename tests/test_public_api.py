@@ -16,6 +16,7 @@ from supa_vectors._config import Target, target_from_env, target_from_url
 # CircuitBreaker), what they return (the models, FlushResult, PendingWrite, SyncResult), what they
 # raise (the errors), and what an app writes for them (Filter, validate_filter, Transport protocols).
 EXPECTED_ALL = [
+    "ArchiveError",
     "AsyncPostgresTransport",
     "AsyncPostgrestTransport",
     "AsyncTransport",
@@ -23,6 +24,8 @@ EXPECTED_ALL = [
     "AuthError",
     "BackendError",
     "BackendUnavailableError",
+    "BackupError",
+    "BackupResult",
     "CircuitBreaker",
     "ConfigurationError",
     "DeleteCount",
@@ -46,6 +49,7 @@ EXPECTED_ALL = [
     "PostgrestTransport",
     "ProcessStats",
     "QueryTimeoutError",
+    "RestoreResult",
     "RpcStats",
     "SearchResult",
     "StoreStats",

@@ -19,13 +19,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from supa_vectors._config import target_from_env, target_from_url
-from supa_vectors._core import checks, rpcs, upsert
+from supa_vectors._core import backup, checks, rpcs, upsert
 from supa_vectors._core.ops import Flow, RpcCall, SettingsCall
 from supa_vectors._core.rows import (
     order_by_ids,
@@ -41,10 +42,12 @@ from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embed
 from supa_vectors._core.telemetry import Telemetry, count_rows, note_rpc
 from supa_vectors._core.upsert import DocumentInput, use_bulk_path
 from supa_vectors._models import (
+    BackupResult,
     DeleteCount,
     HybridSearchResult,
     OperationStats,
     ProcessStats,
+    RestoreResult,
     RpcStats,
     SearchResult,
     StoredDocument,
@@ -75,8 +78,10 @@ if TYPE_CHECKING:
     from supa_vectors.embedding import Embedder
 
 __all__ = [
+    "BackupOptions",
     "HybridOptions",
     "Query",
+    "RestoreOptions",
     "StoreCore",
     "StoreOptions",
     "default_embedder",
@@ -87,6 +92,8 @@ __all__ = [
 logger = logging.getLogger("supa_vectors")
 
 Query = str | Sequence[float] | npt.NDArray[np.floating[Any]]
+# What a bulk load's flow returns: an upsert's results, or a restore's.
+Written = TypeVar("Written", list[UpsertResult], RestoreResult)
 
 
 class HybridOptions(TypedDict, total=False):
@@ -95,6 +102,22 @@ class HybridOptions(TypedDict, total=False):
     full_text_weight: float
     semantic_weight: float
     rrf_k: int
+
+
+class BackupOptions(TypedDict, total=False):
+    """How a backup pages and shards (defaults in :mod:`supa_vectors._core.backup`)."""
+
+    page_size: int  # documents per export_documents call (500)
+    shard_size: int  # documents per archive file (10,000)
+    attempts: int  # passes tried for one snapshot before BackupError (3)
+
+
+class RestoreOptions(TypedDict, total=False):
+    """How a restore writes (defaults in :mod:`supa_vectors._core.backup`)."""
+
+    chunk_rows: int  # documents per bulk_upsert transaction (500)
+    verify: bool  # read everything back and compare content hashes and vectors (True)
+    progress: backup.Progress  # called with (written, total) after each chunk
 
 
 def default_embedder() -> EmbedderLike:
@@ -413,8 +436,9 @@ class StoreCore:
             return (yield from flow)
         return (yield from self._bulk_load(flow, len(prepared)))
 
-    def _bulk_load(self, flow: Flow[list[UpsertResult]], count: int) -> Flow[list[UpsertResult]]:
-        """``flow`` between ``begin_bulk_load`` and ``finish_bulk_load`` (decision 0012)."""
+    def _bulk_load(self, flow: Flow[Written], count: int) -> Flow[Written]:
+        """``flow`` between ``begin_bulk_load`` and ``finish_bulk_load`` (decision 0012): an upsert's,
+        or a restore's."""
         try:
             # begin_bulk_load restores an index an abandoned load left dropped, then decides.
             rebuild = bool((yield rpcs.BEGIN_BULK_LOAD.call({"expected_rows": count})))
@@ -580,8 +604,28 @@ class StoreCore:
         settings: StoreSettings = yield SettingsCall()
         return (yield from self._offline.sync_flow(settings, full=full))
 
+    @operation("backup", rpcs.EXPORT_DOCUMENTS, rows=lambda result: result.documents)
+    def _backup_flow(self, path: str | os.PathLike[str], options: BackupOptions) -> Flow[BackupResult]:
+        yield from self._maybe_flush()  # writes the app queued belong in its backup
+        settings: StoreSettings = yield SettingsCall()
+        return (yield from backup.backup_flow(Path(path), settings, **options))
 
-def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -> list[UpsertResult]:
+    @operation("restore", rpcs.BULK_UPSERT, rows=lambda result: result.documents)
+    def _restore_flow(self, path: str | os.PathLike[str], options: RestoreOptions) -> Flow[RestoreResult]:
+        yield from self._maybe_flush()
+        settings: StoreSettings = yield SettingsCall()
+        manifest = backup.read_archive(Path(path), settings)  # all of it, before the first write
+        flow = backup.restore_flow(Path(path), manifest, settings, **options)
+        if not self._session_user:
+            return (yield from flow)
+        # As the table owner, a restore into a (nearly) empty store is a bulk load (decision 0012).
+        if not use_bulk_path(None, int(manifest["documents"]), job=True) or self._unfinished_bulk_load:
+            yield from self._restore_vector_index()
+            return (yield from flow)
+        return (yield from self._bulk_load(flow, int(manifest["documents"])))
+
+
+def _after_rebuild_failure(exc: SupaVectorsError, results: Written) -> Written:
     """``finish_bulk_load`` failed after the documents were written (or queued): never hide them.
 
     When the backend died, so did the loader's session, and the server's ``restore_vector_index``
@@ -589,16 +633,17 @@ def _after_rebuild_failure(exc: SupaVectorsError, results: list[UpsertResult]) -
     the call returns what it did, with a warning. Any other failure raises ``IndexRebuildError``,
     which carries the same results.
     """
+    upserted: list[UpsertResult] = results if isinstance(results, list) else []  # a restore: none
     if is_outage(exc):
         logger.warning(
             "supa-vectors: the documents are %s, but the vector index could not be rebuilt (%s); the "
             "next write as the table owner or `supa-vectors local start` rebuilds it",
-            "queued" if any(r.status == "queued" for r in results) else "written",
+            "queued" if any(r.status == "queued" for r in upserted) else "written",
             exc,
         )
         return results
     raise IndexRebuildError(
         f"the documents were written, but rebuilding the vector index failed: {exc}",
-        results=results,
+        results=upserted,
         code=exc.code if isinstance(exc, BackendError) else None,
     ) from exc

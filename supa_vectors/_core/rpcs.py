@@ -33,6 +33,8 @@ __all__ = [
     "BULK_UPSERT",
     "COUNT_DOCUMENTS",
     "DELETE_DOCUMENTS",
+    "EXPORT_DOCUMENTS",
+    "EXPORT_SNAPSHOT",
     "FINISH_BULK_LOAD",
     "FINISH_INGEST_RUN",
     "GET_DOCUMENTS",
@@ -82,6 +84,10 @@ BEGIN_INGEST_RUN = Rpc("begin_ingest_run", idempotent=True)
 FINISH_INGEST_RUN = Rpc("finish_ingest_run")
 LIST_INGEST_RUNS = Rpc("list_ingest_runs")
 ROLLBACK_INGEST_RUN = Rpc("rollback_ingest_run")
+# Backups (decision 0020): a page of the caller's documents with vectors and row versions; the count
+# and XOR of the versions in one statement.
+EXPORT_DOCUMENTS = Rpc("export_documents", idempotent=True, vectors=True)
+EXPORT_SNAPSHOT = Rpc("export_snapshot", scalar=True, idempotent=True)
 # Monitoring, service role only (decision 0018).
 STORE_RPC_STATS = Rpc("store_rpc_stats", idempotent=True)
 STORE_TABLE_SIZES = Rpc("store_table_sizes", idempotent=True)
@@ -100,6 +106,8 @@ RPCS: Mapping[str, Rpc] = {
         STORE_TABLE_SIZES,
         BULK_UPSERT,
         DELETE_DOCUMENTS,
+        EXPORT_DOCUMENTS,
+        EXPORT_SNAPSHOT,
         BEGIN_BULK_LOAD,
         FINISH_BULK_LOAD,
         RESTORE_VECTOR_INDEX,

@@ -44,6 +44,7 @@ class StoreSettings:
     max_result_rows: int = 1000
     max_batch_size: int = 1000
     filter_limits: FilterLimits = DEFAULT_FILTER_LIMITS
+    schema_version: int | None = None  # metadata_global's, recorded in a backup's manifest
 
     @classmethod
     def from_json(cls, value: Any) -> StoreSettings:
@@ -57,6 +58,7 @@ class StoreSettings:
                 max_result_rows=int(value.get("max_result_rows", 1000)),
                 max_batch_size=int(value.get("max_batch_size", 1000)),
                 filter_limits=FilterLimits.from_settings(value),
+                schema_version=int(value["schema_version"]) if "schema_version" in value else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"store_settings() is incomplete: {exc!r}") from exc

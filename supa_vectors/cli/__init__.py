@@ -2,12 +2,12 @@
 
 Each command group registers itself in ``build_parser`` through its own ``add_<group>_parser``
 function and keeps its logic in the library (``supa_vectors.local`` for ``local``), so that the groups
-(``local``, ``search``, ``mirror``, ``migrate``, ``schema``, ``model``) stay independent of each
-other. Given the command line, ``build_parser`` adds only the named group's arguments and imports
-only its module: a search does not pay for the migration machinery. Every handler takes the parsed
-arguments and returns the exit code; ``main`` turns a ``UsageError`` into the usage line and exit
-code 2 (as argparse does), any other ``SupaVectorsError`` into a one-line message on stderr and exit
-code 1.
+(``local``, ``search``, ``mirror``, ``migrate``, ``backup``, ``restore``, ``schema``, ``model``) stay
+independent of each other. Given the command line, ``build_parser`` adds only the named group's
+arguments and imports only its module: a search does not pay for the migration machinery. Every
+handler takes the parsed arguments and returns the exit code; ``main`` turns a ``UsageError`` into the
+usage line and exit code 2 (as argparse does), any other ``SupaVectorsError`` into a one-line message
+on stderr and exit code 1.
 
 Machine-readable output goes to stdout (``local start`` and ``local url`` print only the URL, so
 ``export DATABASE_URL=$(supa-vectors local start)`` works); progress notes go to stderr.
@@ -60,6 +60,18 @@ def _stats_group(commands: Commands, argv: Sequence[str]) -> None:
     add_stats_parser(commands)
 
 
+def _backup_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors.cli._backup import add_backup_parser
+
+    add_backup_parser(commands)
+
+
+def _restore_group(commands: Commands, argv: Sequence[str]) -> None:
+    from supa_vectors.cli._backup import add_restore_parser
+
+    add_restore_parser(commands)
+
+
 def _migrate_group(commands: Commands, argv: Sequence[str]) -> None:
     from supa_vectors.cli._migrate import add_migrate_parser
 
@@ -74,6 +86,8 @@ _GROUPS: list[tuple[str, str, Callable[[Commands, Sequence[str]], None]]] = [
     ("mirror", "the local copy of the store that answers new questions offline", _mirror_group),
     ("stats", "what the store holds, how its RPCs perform and how large it is", _stats_group),
     ("migrate", "move JSON documents into the store (and verify, rollback, runs)", _migrate_group),
+    ("backup", "archive the caller's documents and vectors (one snapshot, SHA-256 manifest)", _backup_group),
+    ("restore", "write a backup archive into the store, then verify it", _restore_group),
     ("schema", "the database's migrations: what is applied, and rolling back to a release", _schema_group),
     (
         "model",

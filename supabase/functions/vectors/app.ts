@@ -12,6 +12,7 @@ import { HTTPException } from "hono/http-exception";
 import type postgres from "postgres";
 import { type AuthConfig, bearerToken, type Caller, verifyCaller } from "./auth.ts";
 import { asCaller, type DbOptions, type Sql, type Tx, vectorArrayLiteral, vectorLiteral } from "./db.ts";
+import { sha256Hex } from "./embed.ts";
 import { ApiError } from "./errors.ts";
 import {
   DeleteResponse,
@@ -151,11 +152,6 @@ function fieldOf(path: readonly PropertyKey[]): string | undefined {
   let out = "";
   for (const part of path) out += typeof part === "number" ? `[${part}]` : `${out ? "." : ""}${String(part)}`;
   return out || undefined;
-}
-
-async function sha256Hex(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function parseFilter(text: string | undefined): Record<string, unknown> {
