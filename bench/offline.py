@@ -17,7 +17,9 @@ corpus with the ONNX model (minutes on two cores) so recall is measured on real 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -39,6 +41,7 @@ from bench._common import (
     percentile,
     ratio,
     spread,
+    timed,
 )
 
 DIM = 384
@@ -150,6 +153,7 @@ def run(quick: bool) -> dict[str, float]:
         report.figure(
             "cached hit p50 (cache-first)", _ms(hit_times), "ms", {"live search": ratio(_ms(hit_times), live)}
         )
+        _telemetry_cost(report, {"cached hit": cache_first, "live search": live_store}, list(asked))
         cache_first.close()
 
         sync_full = time.perf_counter()
@@ -269,6 +273,41 @@ def run(quick: bool) -> dict[str, float]:
         stack.stop()
         shutil.rmtree(base, ignore_errors=True)
     return report.values
+
+
+def _telemetry_cost(report: Report, stores: dict[str, Any], vectors: list[Any]) -> None:
+    """What an operation's observer (decision 0021) adds to a search: each store's search with it and
+    without it (the undecorated flow), interleaved pair by pair in alternating order, first with the
+    counters only, then with the OpenTelemetry API imported (spans made, no SDK: non-recording)."""
+    from supa_vectors._store import VectorStore
+
+    bare_flow = VectorStore._search_flow.__wrapped__  # type: ignore[attr-defined]
+    rounds = 3
+    for variant in ("counters", "counters + OpenTelemetry API spans, no SDK"):
+        if variant != "counters":
+            import opentelemetry.trace  # noqa: F401  (what an app that traces has imported)
+        for label, store in stores.items():
+            bare: list[float] = []
+            observed: list[float] = []
+            for turn in range(rounds * len(vectors)):
+                vector = vectors[turn % len(vectors)]
+                pair = [
+                    (bare, functools.partial(_unobserved_search, store, bare_flow, vector)),
+                    (observed, functools.partial(store.search, vector, k=10)),
+                ]
+                for times, call in pair if turn % 2 else reversed(pair):
+                    times.append(timed(call))
+            report.figure(
+                f"{label} p50 with {variant}",
+                _ms(observed),
+                "ms",
+                {"without the observer": ratio(_ms(observed), _ms(bare))},
+            )
+    report.note(f"load average while measured: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def _unobserved_search(store: Any, flow: Any, vector: Any) -> Any:
+    return store._run(flow(store, vector, 10, None, None))
 
 
 def _closed_port() -> int:

@@ -12,11 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from supa_vectors.cache.breaker import BreakerState
+
 __all__ = [
     "BackupResult",
     "DeleteCount",
     "Document",
     "HybridSearchResult",
+    "OperationStats",
+    "ProcessStats",
     "RestoreResult",
     "ResultSource",
     "RpcStats",
@@ -187,6 +191,47 @@ class TableSize(BaseModel):
     estimated_rows: int
 
 
+class OperationStats(BaseModel):
+    """One operation's figures in this process (``ProcessStats.operations``).
+
+    ``p95_ms`` is read from a latency histogram whose buckets grow by 25 %: the upper bound of the
+    bucket holding the 95th percentile, capped at the maximum. ``answers`` counts, for searches, where
+    each answer came from (``backend``, ``cache``, ``mirror``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    calls: int
+    errors: dict[str, int]
+    answers: dict[str, int]
+    mean_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class ProcessStats(BaseModel):
+    """What this store has seen in this process (``store.process_stats()``), not the database's view.
+
+    ``errors`` counts failed operations by exception type; ``cache_hit_rate`` is the share of search
+    answers served by the results cache or the mirror (None before any search). ``outbox_depth`` is how
+    many writes wait in the outbox of the store's caller (None with the outbox off, or for a caller the
+    offline layer does not trust), ``outbox_oldest_age_seconds`` how long the oldest has waited.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    since: datetime
+    operations: dict[str, OperationStats]
+    calls: int
+    errors: dict[str, int]
+    answers: dict[str, int]
+    cache_hit_rate: float | None
+    breaker_state: BreakerState
+    breaker_failures: int
+    breaker_times_opened: int
+    outbox_depth: int | None
+    outbox_oldest_age_seconds: float | None
+    cache_errors: int
 class BackupResult(BaseModel):
     """What ``store.backup(path)`` wrote: documents, shard files and their bytes, how many passes it
     took to get one snapshot, and the database time of that snapshot."""

@@ -47,6 +47,7 @@ EXPECTED_ALL = [
     "PendingWrite",
     "PostgresTransport",
     "PostgrestTransport",
+    "ProcessStats",
     "QueryTimeoutError",
     "RestoreResult",
     "RpcStats",

@@ -18,8 +18,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypedDict, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +39,14 @@ from supa_vectors._core.rows import (
     parse_table_sizes,
 )
 from supa_vectors._core.settings import EmbedderLike, StoreSettings, check_embedder
+from supa_vectors._core.telemetry import Telemetry, count_rows, note_rpc
 from supa_vectors._core.upsert import DocumentInput, use_bulk_path
 from supa_vectors._models import (
     BackupResult,
     DeleteCount,
     HybridSearchResult,
+    OperationStats,
+    ProcessStats,
     RestoreResult,
     RpcStats,
     SearchResult,
@@ -81,6 +85,7 @@ __all__ = [
     "StoreCore",
     "StoreOptions",
     "default_embedder",
+    "operation",
     "run_embedder",
 ]
 
@@ -169,6 +174,28 @@ def sender(transport: object, op: RpcCall) -> Callable[[str, Mapping[str, Any]],
     return functools.partial(send, credentials=op.credentials)
 
 
+S = TypeVar("S", bound="StoreCore")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def operation(
+    name: str, rpc: rpcs.Rpc, *, rows: Callable[[Any], int | None] = count_rows
+) -> Callable[[Callable[Concatenate[S, P], Flow[R]]], Callable[Concatenate[S, P], Flow[R]]]:
+    """Mark a flow as the public operation ``name`` whose RPC is ``rpc``: it is counted for
+    ``process_stats()`` and traced (:meth:`~supa_vectors._core.telemetry.Telemetry.observe`);
+    ``rows`` reads how many rows its result holds."""
+
+    def wrap(method: Callable[Concatenate[S, P], Flow[R]]) -> Callable[Concatenate[S, P], Flow[R]]:
+        @functools.wraps(method)
+        def observed(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Flow[R]:
+            return self._telemetry.observe(name, rpc.name, method(self, *args, **kwargs), rows)
+
+        return observed
+
+    return wrap
+
+
 class StoreCore:
     """What a store keeps between calls (embedder, settings, offline layer, bulk-load state), and the
     flows of its operations. ``VectorStore`` and ``AsyncVectorStore`` inherit it and add only I/O."""
@@ -203,6 +230,7 @@ class StoreCore:
             outbox=outbox,
             breaker=breaker,
         )
+        self._telemetry = Telemetry()
         self._transport_object = transport
         self._identity = identity_of(transport)
         self._session_user = callable(getattr(transport, "rpc_as_session_user", None))
@@ -252,6 +280,47 @@ class StoreCore:
         """
         return self._offline.pending()
 
+    def process_stats(self) -> ProcessStats:
+        """What this store has done in this process: calls, errors and latency per operation, where
+        search answers came from (cache hit rate), the breaker's state and the outbox's depth.
+
+        Local and cheap (counters kept as the operations run, one outbox query), also on the async
+        store; the database's own figures are :meth:`stats` and :meth:`rpc_stats`.
+        """
+        operations: dict[str, OperationStats] = {}
+        errors: dict[str, int] = {}
+        answers: dict[str, int] = {}
+        for name, counters in sorted(self._telemetry.snapshot().items()):
+            operations[name] = OperationStats(
+                calls=counters.calls,
+                errors=counters.errors,
+                answers=counters.answers,
+                mean_ms=counters.total_seconds * 1000.0 / counters.calls if counters.calls else None,
+                p95_ms=counters.quantile_ms(0.95),
+                max_ms=counters.max_seconds * 1000.0 if counters.calls else None,
+            )
+            for totals, counts in ((errors, counters.errors), (answers, counters.answers)):
+                for key, count in counts.items():
+                    totals[key] = totals.get(key, 0) + count
+        answered = sum(answers.values())
+        served_offline = answers.get("cache", 0) + answers.get("mirror", 0)
+        depth, oldest = self._offline.outbox_depth()
+        breaker = self._offline.breaker
+        return ProcessStats(
+            since=datetime.fromtimestamp(self._telemetry.started_at, timezone.utc),
+            operations=operations,
+            calls=sum(op.calls for op in operations.values()),
+            errors=errors,
+            answers=answers,
+            cache_hit_rate=served_offline / answered if answered else None,
+            breaker_state=breaker.state,
+            breaker_failures=breaker.failures,
+            breaker_times_opened=breaker.times_opened,
+            outbox_depth=depth,
+            outbox_oldest_age_seconds=oldest,
+            cache_errors=self._offline.cache_errors,
+        )
+
     def discard_rejected(self) -> int:
         """Forget the writes the server refused on replay, and those whose token expired before they
         could be replayed (after the app has dealt with them)."""
@@ -292,6 +361,7 @@ class StoreCore:
         """The breaker's gate: an open breaker refuses at once (unless ``force``: an explicit flush).
         Session-user calls (bulk loads) pass it; their flow records what they show itself."""
         breaker = self._offline.breaker
+        note_rpc()
         if not op.session_user and not force and not breaker.allow():
             raise breaker.refusal()
         return sender(self._transport_object, op)
@@ -307,6 +377,7 @@ class StoreCore:
 
     # ---- shared steps ------------------------------------------------------------------------------
 
+    @operation("settings", rpcs.STORE_SETTINGS)
     def _settings_flow(self) -> Flow[tuple[StoreSettings, bool]]:
         """``store_settings``, parsed, through the offline layer's memory of the last ones seen."""
         return (yield from self._offline.settings_flow(rpcs.STORE_SETTINGS.call(), StoreSettings.from_json))
@@ -343,6 +414,7 @@ class StoreCore:
 
     # ---- flows -------------------------------------------------------------------------------------
 
+    @operation("upsert", rpcs.BULK_UPSERT)
     def _upsert_flow(
         self, documents: Iterable[DocumentInput] | DocumentInput, bulk: bool | None
     ) -> Flow[list[UpsertResult]]:
@@ -420,6 +492,7 @@ class StoreCore:
         if rebuilt:
             logger.warning("supa-vectors: rebuilt the vector index an interrupted bulk load had dropped")
 
+    @operation("search", rpcs.MATCH_DOCUMENTS)
     def _search_flow(
         self, query: Query, k: int, threshold: float | None, filter: Filter | None
     ) -> Flow[list[SearchResult]]:
@@ -447,6 +520,7 @@ class StoreCore:
             )
         )
 
+    @operation("hybrid", rpcs.HYBRID_SEARCH)
     def _hybrid_flow(
         self, query: str, k: int, filter: Filter | None, options: HybridOptions
     ) -> Flow[list[HybridSearchResult]]:
@@ -474,6 +548,7 @@ class StoreCore:
             )
         )
 
+    @operation("get", rpcs.GET_DOCUMENTS)
     def _get_flow(self, ids: Iterable[str] | str) -> Flow[list[StoredDocument]]:
         wanted = checks.check_ids(ids)
         yield from self._maybe_flush()
@@ -483,16 +558,19 @@ class StoreCore:
             found += parse_documents(rows, rpcs.GET_DOCUMENTS.name)
         return order_by_ids(found, wanted)
 
+    @operation("delete", rpcs.DELETE_DOCUMENTS, rows=int)
     def _delete_flow(self, ids: Iterable[str] | str) -> Flow[DeleteCount]:
         wanted = checks.check_ids(ids)
         yield from self._maybe_flush()
         return (yield from self._offline.delete_flow(wanted))
 
+    @operation("count", rpcs.COUNT_DOCUMENTS)
     def _count_flow(self, filter: Filter | None) -> Flow[int]:
         params = checks.count_params((yield from self._checked_filter(filter)))
         yield from self._maybe_flush()
         return int((yield rpcs.COUNT_DOCUMENTS.call(params)))
 
+    @operation("iter_documents", rpcs.LIST_DOCUMENTS)
     def _page_flow(
         self, after: int, page_size: int, checked: dict[str, Any]
     ) -> Flow[tuple[list[StoredDocument], int | None]]:
@@ -502,30 +580,37 @@ class StoreCore:
         docs, last = page_after(reply)
         return docs, (None if len(docs) < page_size else last)
 
+    @operation("stats", rpcs.STORE_STATS)
     def _stats_flow(self) -> Flow[StoreStats]:
         yield from self._maybe_flush()
         return parse_stats((yield rpcs.STORE_STATS.call()))
 
+    @operation("rpc_stats", rpcs.STORE_RPC_STATS)
     def _rpc_stats_flow(self) -> Flow[list[RpcStats]]:
         return parse_rpc_stats((yield rpcs.STORE_RPC_STATS.call()))
 
+    @operation("table_sizes", rpcs.STORE_TABLE_SIZES)
     def _table_sizes_flow(self) -> Flow[list[TableSize]]:
         return parse_table_sizes((yield rpcs.STORE_TABLE_SIZES.call()))
 
+    @operation("flush", rpcs.BULK_UPSERT, rows=lambda result: result.upserted + result.deleted)
     def _flush_flow(self, *, blocking: bool) -> Flow[FlushResult]:
         settings: StoreSettings = yield SettingsCall()
         return (yield from self._offline.flush_flow(settings, self._identity, blocking=blocking))
 
+    @operation("sync_mirror", rpcs.LIST_DOCUMENTS, rows=lambda result: result.fetched)
     def _sync_flow(self, full: bool) -> Flow[SyncResult]:
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
         return (yield from self._offline.sync_flow(settings, full=full))
 
+    @operation("backup", rpcs.EXPORT_DOCUMENTS, rows=lambda result: result.documents)
     def _backup_flow(self, path: str | os.PathLike[str], options: BackupOptions) -> Flow[BackupResult]:
         yield from self._maybe_flush()  # writes the app queued belong in its backup
         settings: StoreSettings = yield SettingsCall()
         return (yield from backup.backup_flow(Path(path), settings, **options))
 
+    @operation("restore", rpcs.BULK_UPSERT, rows=lambda result: result.documents)
     def _restore_flow(self, path: str | os.PathLike[str], options: RestoreOptions) -> Flow[RestoreResult]:
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()

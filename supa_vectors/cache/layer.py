@@ -41,6 +41,7 @@ from pydantic import BaseModel
 from supa_vectors._core import checks, rpcs, upsert
 from supa_vectors._core.ops import EmbedCall, Flow, Op, RpcCall
 from supa_vectors._core.settings import StoreSettings
+from supa_vectors._core.telemetry import note_answer
 from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
 from supa_vectors._models import (
     DeleteCount,
@@ -304,6 +305,19 @@ class OfflineLayer:
         outbox = self._listable_outbox()
         return [] if outbox is None else outbox.pending(self.clock())
 
+    def outbox_depth(self) -> tuple[int | None, float | None]:
+        """How many writes wait for this caller and the oldest one's age in seconds (None, None with
+        the outbox off or for a caller not trusted; a file that cannot be read counts as empty)."""
+        outbox = self._caller_outbox() if self.outbox_enabled else None
+        if outbox is None:
+            return None, None
+        try:
+            count, oldest = outbox.depth()
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("supa-vectors outbox %s cannot be read: %s", outbox.path, exc)
+            return 0, None
+        return count, None if oldest is None else self._age(oldest)
+
     def discard_rejected(self) -> int:
         outbox = self._listable_outbox()
         return 0 if outbox is None else outbox.discard_rejected(self.clock())
@@ -393,6 +407,7 @@ class OfflineLayer:
         if self.mode == "cache-first" and self.trusted():
             hit = self._cached(key)
             if hit is not None and self._age(hit.created_at) <= self.ttl:
+                note_answer("cache", stale=False)
                 return _cached_results(result_type, hit.rows, "cache", False, self._age(hit.created_at))
         if isinstance(query, str):
             vector = yield from self._embed_query(scope, query, settings.embedding_dimension)
@@ -405,11 +420,13 @@ class OfflineLayer:
                 raise
             hit = self._cached(key)
             if hit is not None:
+                note_answer("cache", stale=True)
                 return _cached_results(result_type, hit.rows, "cache", True, self._age(hit.created_at))
             if kind == "search":
                 return cast(list[R], self._mirror_answer(vector, k, threshold, filter, settings, exc))
             raise
         found = list(parse(reply))
+        note_answer("backend", stale=False)
         if results is not None:
             rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
             answer = CachedAnswer(kind, rows, self.clock(), generation, k, threshold, filter, vector)
@@ -434,6 +451,7 @@ class OfflineLayer:
                         vector, k, threshold, canonical_json(filter), compile_predicate(filter)
                     )
                     if hits is not None:
+                        note_answer("mirror", stale=True)
                         age = self._age(float(state["synced_at"]))
                         return [
                             SearchResult(

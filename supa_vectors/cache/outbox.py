@@ -308,6 +308,15 @@ class Outbox:
                 return 0
             return int(conn.execute("select count(*) from entries").fetchone()[0])
 
+    def depth(self) -> tuple[int, float | None]:
+        """How many entries wait, and when the oldest was queued (epoch seconds; None when none)."""
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return 0, None
+            count, oldest = conn.execute("select count(*), min(queued_at) from entries").fetchone()
+            return int(count), None if oldest is None else float(oldest)
+
     def pending(self, now: float | None = None) -> list[PendingWrite]:
         stamp = time.time() if now is None else now
         with self._lock:

@@ -43,6 +43,7 @@ __all__ = [
     "add_backend_arguments",
     "add_mirror_parser",
     "add_search_parser",
+    "age_text",
     "mirror_command",
     "open_store",
     "search_command",
@@ -173,7 +174,8 @@ def _sync_after(args: argparse.Namespace) -> float | None:
     return value
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
+    """A duration as people say it: 40 s, 12 min, 5 h, 3 days."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -190,7 +192,7 @@ def offline_note(results: Sequence[SearchResult | HybridSearchResult]) -> str | 
         return None
     first = stale[0]
     what = "the results cache" if first.source == "cache" else "the offline mirror"
-    age = f", {_age(first.age_seconds)} old" if first.age_seconds is not None else ""
+    age = f", {age_text(first.age_seconds)} old" if first.age_seconds is not None else ""
     return f"supa-vectors: offline: the backend did not answer; results from {what}{age}"
 
 
