@@ -232,6 +232,8 @@ class ProcessStats(BaseModel):
     outbox_depth: int | None
     outbox_oldest_age_seconds: float | None
     cache_errors: int
+
+
 class BackupResult(BaseModel):
     """What ``store.backup(path)`` wrote: documents, shard files and their bytes, how many passes it
     took to get one snapshot, and the database time of that snapshot."""

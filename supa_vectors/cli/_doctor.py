@@ -38,7 +38,7 @@ from supa_vectors._config import Target, resolve_target
 from supa_vectors._core import rpcs
 from supa_vectors._store import VectorStore
 from supa_vectors.cli import GROUP_HELP
-from supa_vectors.cli._search import _age, add_backend_arguments, open_store
+from supa_vectors.cli._search import add_backend_arguments, age_text, open_store
 from supa_vectors.errors import AuthError, ConfigurationError, NotFoundError, SupaVectorsError
 
 __all__ = ["Finding", "add_doctor_parser", "check_store", "doctor_command", "run_checks", "worst"]
@@ -507,7 +507,7 @@ def _outbox(store: VectorStore) -> Finding:
         queued = [p for p in pending if p.status == "queued"]
         rejected = [p for p in pending if p.status == "rejected"]
         oldest = min(p.queued_at for p in pending)
-        age = _age(max(0.0, time.time() - oldest.timestamp()))
+        age = age_text(max(0.0, time.time() - oldest.timestamp()))
         parts = [f"{len(queued)} write(s) waiting"] if queued else []
         if rejected:
             parts.append(f"{len(rejected)} refused by the server on replay ({rejected[0].error})")
@@ -537,11 +537,11 @@ def _mirror(store: VectorStore, last_updated_at: datetime | None) -> Finding:
             return Finding(
                 "mirror",
                 "warn",
-                f"stale: synced {_age(age)} ago, and the store changed after that "
+                f"stale: synced {age_text(age)} ago, and the store changed after that "
                 f"(at {last_updated_at:%Y-%m-%d %H:%M:%S %Z})",
                 fix,
             )
-        return Finding("mirror", "ok", f"synced {_age(age)} ago, nothing changed since")
+        return Finding("mirror", "ok", f"synced {age_text(age)} ago, nothing changed since")
 
     return _offline_part(store, "mirror", check)
 
