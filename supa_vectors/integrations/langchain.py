@@ -308,7 +308,7 @@ class SupaVectorsVectorStore(VectorStore):
         return [doc for doc, _ in await self.ahybrid_search_with_score(query, k, **kwargs)]
 
     def hybrid_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[Document, float]]:
-        check_options("hybrid_search", kwargs, _HYBRID_OPTIONS)
+        check_options("hybrid_search_with_score", kwargs, _HYBRID_OPTIONS)
         self._check_hybrid()
         return _scored(self._stores.sync.hybrid_search(query, k=k, **kwargs))
 
@@ -321,7 +321,7 @@ class SupaVectorsVectorStore(VectorStore):
                 None, self.hybrid_search_with_score, query, k, **kwargs
             )
             return result
-        check_options("hybrid_search", kwargs, _HYBRID_OPTIONS)
+        check_options("hybrid_search_with_score", kwargs, _HYBRID_OPTIONS)
         self._check_hybrid()
         return _scored(await store.hybrid_search(query, k=k, **kwargs))
 
