@@ -110,9 +110,10 @@ begin
     into plan;
   estimated_rows := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
 
-  if estimated_rows <= 2 * exact_scan_max_rows then
+  -- bigint: the bound may be any integer, and twice it, or one more, may not be.
+  if estimated_rows <= 2 * exact_scan_max_rows::bigint then
     execute exact_sql into matching_rows, ids, distances
-      using query_embedding, model_name, match_count, exact_scan_max_rows + 1;
+      using query_embedding, model_name, match_count, exact_scan_max_rows::bigint + 1;
   end if;
   if ids is null or matching_rows > exact_scan_max_rows then
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
