@@ -11,6 +11,7 @@ Unfiltered paths, at several ef_search:
 * ``raw SQL``: the ANN statement match_documents runs inside (embeddings join documents, order by
   ``<=>``, limit 10), from psycopg with a binary vector parameter, ``hnsw.ef_search`` set per session;
 * ``RPC direct``: ``select ... from match_documents(...)`` from psycopg, as the table owner;
+  ``RPC before``: the same call to the definition before 20261203000400 (dynamic SQL unfiltered);
 * ``SDK``: the Postgres transport's ``rpc("match_documents")`` + row parsing, as service_role (one
   pipelined round trip that sets role and JWT claims first), which is what ``VectorStore.search``
   does; ``VectorStore.search`` itself (ef_search chosen by the RPC: 100) is timed too;
@@ -18,11 +19,16 @@ Unfiltered paths, at several ef_search:
 
 Filtered (k=10, ``{"b10": 3}`` matches 10% of rows, ``{"b100": 7}`` 1%): rows returned and recall
 against the exact filtered top-10, for the SDK, vecs (ef_search 40, its default), pgvector's iterative
-scan alone (relaxed order, ef_search 40) and a plain post-filtered HNSW scan.
+scan alone (relaxed order, ef_search 40: the baseline every p50 is divided by) and a plain
+post-filtered HNSW scan; and ``match_documents`` from psycopg twice, as this checkout defines it and as
+``20261125000300_store_rpcs.sql`` defined it (the rollback of ``20261203000400_filtered_search_plan``
+holds that definition; it is created here as ``match_documents_before``), with the server-side plan of
+each: every statement the function ran (auto_explain), with its time and top plan node.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +43,7 @@ from psycopg.types.json import Jsonb
 from bench._common import (
     F32,
     MODEL,
+    REPO_ROOT,
     Report,
     bench_stack,
     exact_top_k,
@@ -65,10 +72,17 @@ RPC_SQL = (
     "select external_id from public.match_documents("
     "query_embedding => %b, match_count => 10, ef_search => %s)"
 )
+RPC_BEFORE_SQL = RPC_SQL.replace("match_documents", "match_documents_before")
 FILTERED_SQL = (
     "select d.external_id from public.embeddings e join public.documents d on d.id = e.document_id"
     " where e.model = %s and d.metadata @> %s order by e.embedding operator(extensions.<=>) %b limit 10"
 )
+
+FILTERED_RPC_SQL = (
+    "select external_id from public.{function}(query_embedding => %b, match_count => 10, filter => %s)"
+)
+# The definition match_documents had before 20261203000400 (its rollback restores it).
+BEFORE_MIGRATION = REPO_ROOT / "supabase" / "rollbacks" / "20261203000400_filtered_search_plan.sql"
 
 Search = Callable[[F32], list[int]]
 
@@ -116,6 +130,43 @@ def measure(
     return times, found
 
 
+def create_match_documents_before(conn: psycopg.Connection[Any]) -> None:
+    """The previous match_documents beside the current one, as ``public.match_documents_before``."""
+    sql = BEFORE_MIGRATION.read_text(encoding="utf-8")
+    conn.execute(sql.replace("match_documents", "match_documents_before"))
+
+
+def nested_plans(url: str, sql: str, params: list[Any]) -> list[str]:
+    """Every statement a call ran on the server, with its time and top plan node (auto_explain).
+
+    The call runs once to warm up, then once recorded; the owner's own session, so plans are not
+    logged elsewhere.
+    """
+    notices: list[str] = []
+    with owner_connection(url) as conn:
+        conn.execute(sql, params).fetchall()
+        for setting in (
+            "load 'auto_explain'",
+            "set auto_explain.log_min_duration = 0",
+            "set auto_explain.log_analyze = on",
+            "set auto_explain.log_timing = off",
+            "set auto_explain.log_nested_statements = on",
+            "set auto_explain.log_level = notice",
+        ):
+            conn.execute(setting)
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        conn.execute(sql, params).fetchall()
+    out = []
+    for plan in notices:
+        lines = plan.splitlines()
+        text = " ".join(lines[1:]).split("Query Text:", 1)[-1].strip()
+        if "public." not in text or "metadata_global" in text:
+            continue  # settings look-ups and expressions
+        node = next((ln.strip() for ln in lines if "(cost=" in ln), "")
+        out.append(f"{lines[0].split('plan:')[0].strip()} | {text[:90]} | {node[:150]}")
+    return out
+
+
 def server_ms(conn: psycopg.Connection[Any], sql: str, params: list[Any], repeats: int) -> float:
     """Median server-side execution time (EXPLAIN ANALYZE) of a statement."""
     out = []
@@ -149,6 +200,8 @@ class Loaded:
             load_vecs(self.vecs, self.vecs_url(url), data.vectors, data.contents, data.metadata)
         self.store = VectorStore(PostgresTransport(url))
         self.store.settings()
+        self.url = url
+        create_match_documents_before(self.conn)
 
     @staticmethod
     def vecs_url(url: str) -> str:
@@ -168,8 +221,8 @@ class Loaded:
     def raw(self, q: F32) -> list[int]:
         return _rows([r[0] for r in self.conn.execute(RAW_SQL, [MODEL, q]).fetchall()])
 
-    def rpc(self, ef: int) -> Search:
-        return lambda q: _rows([r[0] for r in self.conn.execute(RPC_SQL, [q, ef]).fetchall()])
+    def rpc(self, ef: int, sql: str = RPC_SQL) -> Search:
+        return lambda q: _rows([r[0] for r in self.conn.execute(sql, [q, ef]).fetchall()])
 
     def sdk_rpc(self, ef: int) -> Search:
         from supa_vectors._core import checks, rows
@@ -202,6 +255,7 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
         paths: dict[str, Search] = {
             "raw SQL": loaded.raw,
             "RPC direct": loaded.rpc(ef),
+            "RPC before": loaded.rpc(ef, RPC_BEFORE_SQL),
             "SDK": loaded.sdk_rpc(ef),
             **loaded.vecs_query(ef),
         }
@@ -212,6 +266,8 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
             ratios = {}
             if name != "raw SQL":
                 ratios["raw SQL"] = ratio(p50[name], p50["raw SQL"])
+            if name == "RPC direct":
+                ratios["RPC before"] = ratio(p50[name], p50["RPC before"])
             if name == "SDK":
                 ratios["RPC direct"] = ratio(p50["SDK"], p50["RPC direct"])
                 if "vecs" in p50:
@@ -224,6 +280,9 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
             sample = queries[: min(20, len(queries))]
             raw_server = float(np.median([server_ms(loaded.conn, RAW_SQL, [MODEL, q], 1) for q in sample]))
             rpc_server = float(np.median([server_ms(loaded.conn, RPC_SQL, [q, ef], 1) for q in sample]))
+            before_server = float(
+                np.median([server_ms(loaded.conn, RPC_BEFORE_SQL, [q, ef], 1) for q in sample])
+            )
             report.figure(
                 f"raw SQL server execution ef{ef}",
                 raw_server,
@@ -235,6 +294,12 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
                 rpc_server,
                 "ms",
                 {"RPC direct client p50": ratio(rpc_server, p50["RPC direct"])},
+            )
+            report.figure(
+                f"RPC before server execution ef{ef}",
+                before_server,
+                "ms",
+                {"RPC server execution": ratio(before_server, rpc_server)},
             )
     times, found = measure({"SDK VectorStore.search": loaded.sdk_search}, queries)
     vecs_times, _ = measure(loaded.vecs_query(40), queries)
@@ -269,10 +334,20 @@ def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
                 conn.execute("set local hnsw.ef_search = 40")
                 return _rows([r[0] for r in conn.execute(FILTERED_SQL, [MODEL, Jsonb(flt), q]).fetchall()])
 
+        def rpc(function: str, flt: dict[str, Any] = flt) -> Search:
+            sql = FILTERED_RPC_SQL.format(function=function)
+
+            def call(q: F32) -> list[int]:
+                return _rows([r[0] for r in conn.execute(sql, [q, Jsonb(flt)]).fetchall()])
+
+            return call
+
         paths: dict[str, Search] = {
+            "pgvector iterative scan": pgvector,
+            "match_documents before": rpc("match_documents_before"),
+            "match_documents now": rpc("match_documents"),
             "ours SDK": lambda q, flt=flt: loaded.sdk_search(q, flt),  # type: ignore[misc]
             **loaded.vecs_query(40, vecs_filter),
-            "pgvector iterative scan": pgvector,
             "post-filtered HNSW": lambda q, flt=flt: pgvector(q, flt, iterative=False),  # type: ignore[misc]
         }
         times, found = measure(paths, queries)
@@ -290,6 +365,7 @@ def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
                 percentile(times[name], 50),
             )
         ours = stats["ours SDK"]
+        iterative_p50 = stats["pgvector iterative scan"][3]
         for name, (mean_rows, complete, rec, p50) in stats.items():
             vs = {}
             if name == "ours SDK":
@@ -304,8 +380,25 @@ def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
                 f"{name} {share} p50",
                 p50,
                 "ms",
-                {} if name == "ours SDK" else {"ours SDK": ratio(p50, ours[3])},
+                {"pgvector iterative": ratio(p50, iterative_p50)}
+                | ({} if name == "ours SDK" else {"ours SDK": ratio(p50, ours[3])}),
             )
+            report.figure(f"{name} {share} p95", percentile(times[name], 95), "ms")
+        report.note(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        sample = queries[0]
+        report.note(f"plan, pgvector iterative scan ({share}):")
+        with conn.transaction():
+            conn.execute("set local hnsw.iterative_scan = relaxed_order")
+            conn.execute("set local hnsw.ef_search = 40")
+            plan = conn.execute(f"explain (analyze, timing off) {FILTERED_SQL}", [MODEL, Jsonb(flt), sample])
+            lines = [r[0] for r in plan.fetchall()]
+        nodes = [ln.strip() for ln in lines if "(cost=" in ln or "Execution" in ln]
+        report.note("    " + " / ".join(nodes)[:400])
+        for function in ("match_documents_before", "match_documents"):
+            report.note(f"plan, {function} ({share}), each statement it ran:")
+            sql = FILTERED_RPC_SQL.format(function=function)
+            for line in nested_plans(loaded.url, sql, [sample, Jsonb(flt)]):
+                report.note("    " + line)
 
 
 def run_parts(quick: bool, parts: Sequence[str]) -> dict[str, dict[str, float]]:

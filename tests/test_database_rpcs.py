@@ -278,6 +278,33 @@ def test_match_documents_filters_by_metadata(service: psycopg.Connection) -> Non
     assert sorted(r["external_id"] for r in rows) == ["d5", "d7", "d9"]
 
 
+@pytest.mark.parametrize("exact_scan_max_rows", [0, 3, 2**31 - 1])
+def test_every_exact_scan_bound_gives_the_exact_answer(
+    service: psycopg.Connection, exact_scan_max_rows: int
+) -> None:
+    # 0 and 3 send the 5 matching rows to the index scan (via the bounded exact scan's overflow), the
+    # largest integer to the exact scan; none may overflow an integer or lose a row.
+    upsert(service, [doc(f"d{i}", seed=i, metadata={"lang": "en" if i % 2 else "de"}) for i in range(10)])
+    rows = call(
+        service,
+        "match_documents",
+        query_embedding=unit(3),
+        match_count=10,
+        filter={"lang": "en"},
+        exact_scan_max_rows=exact_scan_max_rows,
+    )
+    assert sorted(r["external_id"] for r in rows) == ["d1", "d3", "d5", "d7", "d9"]
+    assert rows[0]["external_id"] == "d3"
+
+
+def test_negative_exact_scan_bound_is_an_error(service: psycopg.Connection) -> None:
+    error = sqlstate_of(
+        service, "match_documents", query_embedding=unit(1), filter={"a": 1}, exact_scan_max_rows=-1
+    )
+    assert error.diag.sqlstate == "22023"
+    assert "exact_scan_max_rows must be >= 0" in str(error)
+
+
 @pytest.mark.parametrize(
     ("bad_filter", "message"),
     [

@@ -18,7 +18,7 @@ from psycopg.types import TypeInfo
 from psycopg.types.json import Json, Jsonb
 
 from supa_vectors.transport.identity import Identity
-from tests.conftest import USER_A, act_as, empty_store
+from tests.conftest import USER_A, USER_B, act_as, empty_store
 
 ROWS = 20_000
 DIM = 384
@@ -154,6 +154,84 @@ def test_broad_filter_uses_iterative_index_scan_and_returns_every_row(
     assert f"Index Scan using {HNSW_INDEX}" in plan
     assert counts == [10] * len(counts)
     assert recall >= 0.95
+
+
+def test_broad_filter_is_not_counted_before_the_index_scan(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # The planner's estimate (2,000 rows, well over 2 x 500) picks the iterative scan; no statement
+    # walks the matching documents first (the old bounded count visited exact_scan_max_rows + 1).
+    conn, plans = session
+    plans.clear()
+    assert len(search(conn, queries(corpus, 1)[0], {"b10": 3}, exact_scan_max_rows=500)) == 10
+    # Every statement that ran the filter (an EXPLAIN only plans it) is the index scan.
+    ran_filter = [p for p in plans if "metadata @>" in p and "Query Text: explain" not in p]
+    assert ran_filter
+    assert all(f"Index Scan using {HNSW_INDEX}" in p for p in ran_filter)
+
+
+def test_index_scan_that_stops_short_falls_back_to_the_exact_scan(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # hnsw.max_scan_tuples = 1 ends the iterative scan after its first pass over the graph: ~100
+    # candidates at match_count 100, ~10 of them in the 10% that match. The answer must still hold
+    # all 100 rows, and being the exact scan's, the true top 100.
+    conn, plans = session
+    conn.execute("set hnsw.max_scan_tuples = 1")
+    mask = np.arange(ROWS) % 10 == 3
+    for query in queries(corpus, 5):
+        plans.clear()
+        found = conn.execute(
+            "select external_id from public.match_documents(query_embedding => %s, match_count => 100,"
+            " filter => %s, exact_scan_max_rows => 500)",
+            [query, Jsonb({"b10": 3})],
+        ).fetchall()
+        assert any(f"Index Scan using {HNSW_INDEX}" in p for p in plans)
+        assert any("CTE ranked" in p for p in plans)
+        best = np.argsort(-np.where(mask, corpus @ query, -np.inf))[:100]
+        assert sorted(r[0] for r in found) == sorted(f"d{i}" for i in best)
+
+
+def test_underestimated_filter_moves_to_the_index_scan(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # Estimated 2,000 rows, under 2 x 1,500: the bounded exact scan runs first, reaches 1,501 rows
+    # and hands over to the iterative scan.
+    mask = np.arange(ROWS) % 10 == 3
+    counts, recall, plan = run(session, corpus, {"b10": 3}, mask, exact_scan_max_rows=1500)
+    assert f"Index Scan using {HNSW_INDEX}" in plan
+    assert counts == [10] * len(counts)
+    assert recall >= 0.95
+
+
+def test_another_tenants_rows_cannot_make_a_search_incomplete(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # Statistics are shared: user B's 900 "team: red" rows make the planner expect many matches
+    # for user A's filter too (A sees 12), so A's search does not start with the exact scan. A still
+    # gets the exact top 10 of their 12 rows. Rolled back with the session.
+    conn, _ = session
+    rng = np.random.default_rng(3)
+    red = clustered(912, seed=5)
+    owners = [USER_B] * 900 + [USER_A] * 12
+    docs = [
+        {"external_id": f"red{i}", "content": f"red {i}", "metadata": {"team": "red"}, "owner_id": owner}
+        for i, owner in enumerate(owners)
+    ]
+    conn.execute("select count(*) from public.bulk_upsert(%s, %b)", [Json(docs), list(red)])
+    conn.execute("reset role")
+    conn.execute("analyze public.documents")
+    act_as(conn, Identity.user(USER_A))
+    plan = conn.execute(
+        """explain (format json) select 1 from public.documents d where d.metadata @> '{"team": "red"}'"""
+    ).fetchone()
+    assert plan is not None
+    assert plan[0][0]["Plan"]["Plan Rows"] > 2 * 50
+    theirs = red[900:]
+    for query in rng.choice(len(theirs), 5, replace=False):
+        found = search(conn, theirs[query], {"team": "red"}, exact_scan_max_rows=50)
+        best = np.argsort(-(theirs @ theirs[query]))[:10]
+        assert sorted(found) == sorted(f"red{900 + i}" for i in best)
 
 
 def test_narrow_filter_is_an_exact_scan_over_matching_rows(
