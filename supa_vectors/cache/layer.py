@@ -411,8 +411,12 @@ class OfflineLayer:
             raise
         found = list(parse(reply))
         if results is not None:
+            # Queued, written behind (the caller may change its own array and filter in the meantime:
+            # the answer keeps copies).
             rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
-            answer = CachedAnswer(kind, rows, self.clock(), generation, k, threshold, filter, vector)
+            answer = CachedAnswer(
+                kind, rows, self.clock(), generation, k, threshold, dict(filter), vector.copy()
+            )
             results.put_answer(key, answer)
         return found
 
