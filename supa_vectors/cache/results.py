@@ -233,8 +233,8 @@ def _private_disk() -> type[Any]:
 
     We only ever store bytes, strings and integers, which diskcache keeps as they are; it pickles
     anything else, and unpickles whatever row says it holds a pickle. A cache database is a file on
-    disk: a row planted there must not run code when the store reads it, so such a row is refused
-    (read as garbled: reported, dropped, a miss).
+    disk: a row planted there must not run code when the store reads it, so a pickle is read as the
+    bytes it is, never loaded (then it is garbled like any stranger's value: reported, dropped, a miss).
     """
     import diskcache
 
@@ -249,13 +249,11 @@ def _private_disk() -> type[Any]:
 
         def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
             if mode == diskcache.core.MODE_PICKLE:
-                raise ValueError("a cache entry holds a pickle; refusing to unpickle it")
+                return b"" if value is None else bytes(value)
             return super().fetch(mode, filename, value, read)
 
         def get(self, key: Any, raw: bool) -> Any:
-            if not raw:
-                raise ValueError("a cache key is a pickle; refusing to unpickle it")
-            return super().get(key, raw)
+            return super().get(key, True)  # a key that would need unpickling stays bytes
 
     return PrivateDisk
 
