@@ -9,7 +9,12 @@ Figures (p50 over the same query vectors, so the embedder is never part of a tim
 * fallback with the breaker open: no transport call at all, straight to the cache;
 * mirror search: a query never asked before, answered from the mirror (and the numpy search alone,
   also at 100,000 rows); mirror recall@10 against the server's answers;
-* sync_mirror: a full sync of the corpus and an incremental sync with nothing changed.
+* sync_mirror: a full sync of the corpus and an incremental sync with nothing changed;
+* what ``network-first`` costs over the bare transport (decision 0025): the transport's own
+  ``match_documents`` call and row parsing, ``VectorStore.search`` in its default mode (its answer
+  written behind), the same store writing each answer through before returning (what it did before
+  0025) and ``cache="off"``, interleaved query by query in rotating order, with the load average and
+  the CPU's features printed next to them.
 
 ``quick`` uses a slice of the corpus and a hashing embedder; the full run embeds the whole shared
 corpus with the ONNX model (minutes on two cores) so recall is measured on real embedding geometry.
@@ -18,6 +23,7 @@ corpus with the ONNX model (minutes on two cores) so recall is measured on real 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -33,9 +39,11 @@ from bench._common import (
     MODEL,
     Report,
     clustered,
+    cpu_features,
     latencies,
     load_corpus,
     load_queries,
+    near_queries,
     percentile,
     ratio,
     spread,
@@ -141,6 +149,7 @@ def run(quick: bool) -> dict[str, float]:
         live = _ms(live_times)
         report.heading(f"{len(docs)} documents, k=10, p50 over {len(asked)} query vectors")
         report.figure("live search p50 (backend up, network first)", live, "ms")
+        network_first_cost(report, postgres, embedder, base / "side-by-side", query_vectors, quick)
 
         cache_first = VectorStore(
             postgres(), embedder=embedder, cache_dir=cache_dir, cache="cache-first", cache_ttl=3600
@@ -269,6 +278,74 @@ def run(quick: bool) -> dict[str, float]:
         stack.stop()
         shutil.rmtree(base, ignore_errors=True)
     return report.values
+
+
+def network_first_cost(
+    report: Report, transport: Any, embedder: Any, cache_dir: Path, vectors: F32, quick: bool
+) -> None:
+    """The bare transport against ``VectorStore.search`` in its default mode, query by query.
+
+    Every query is a new one (near the asked ones, so each path stores a new answer, as live traffic
+    does), asked of every path in turn, the order rotating so no path always runs first. The
+    difference is taken per query (the store's time minus the bare transport's on the same query, a
+    moment apart) and its median reported, which a load change between queries does not move.
+    """
+    from supa_vectors import VectorStore
+    from supa_vectors._core import checks, rows
+
+    count = 120 if quick else 600
+    queries = near_queries(vectors, count + 20, seed=17, noise=0.05)
+    bare_transport = transport()
+    default = VectorStore(transport(), embedder=embedder, cache_dir=cache_dir / "behind")
+    through = VectorStore(transport(), embedder=embedder, cache_dir=cache_dir / "through")
+    off = VectorStore(transport(), embedder=embedder, cache="off")
+    written = through._offline.results
+    assert written is not None
+
+    def bare(q: F32) -> Any:
+        params = checks.match_params(checks.query_vector(q, DIM), 10, None, {})
+        return rows.parse_search_rows(bare_transport.rpc("match_documents", params))
+
+    def write_through(q: F32) -> Any:
+        found = through.search(q, k=10)
+        written.flush()  # the answer on disk before returning, as every search did before 0025
+        return found
+
+    paths: dict[str, Any] = {
+        "bare transport": bare,
+        "VectorStore.search (network-first)": lambda q: default.search(q, k=10),
+        "write-through (before 0025)": write_through,
+        'cache="off"': lambda q: off.search(q, k=10),
+    }
+    names = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    load_before = os.getloadavg()
+    for i, q in enumerate(queries):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            paths[name](q)
+            if i >= 20:  # the first 20 warm the pools, plans and caches
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    load_after = os.getloadavg()
+    for store in (default, through, off):
+        store.close()
+    bare_transport.close()
+
+    report.heading(
+        f"network-first against the bare transport: {count} new queries, each path in turn "
+        f"(load average {load_before[0]:.2f} -> {load_after[0]:.2f}; CPU {cpu_features()})"
+    )
+    base_p50 = percentile(times["bare transport"], 50)
+    for name in names:
+        p50, p95 = percentile(times[name], 50), percentile(times[name], 95)
+        extra = [b - a for a, b in zip(times["bare transport"], times[name], strict=True)]
+        ratios = {} if name == "bare transport" else {"bare transport": ratio(p50, base_p50)}
+        report.figure(f"{name} p50", p50, "ms", ratios)
+        report.figure(f"{name} p95", p95, "ms")
+        if name != "bare transport":
+            report.figure(f"{name} minus bare, median per query", percentile(extra, 50), "ms")
+    report.figure("load average (1 min) at the end", load_after[0], "")
 
 
 def _closed_port() -> int:
