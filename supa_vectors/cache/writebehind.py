@@ -54,7 +54,7 @@ class WriteBehind(Generic[V]):
         *,
         max_pending: int = 1000,
         max_batch: int = 256,
-        linger: float = 0.05,
+        linger: float = 0.1,
         idle: float = 1.0,
         name: str = "supa-vectors-cache-writer",
     ) -> None:
