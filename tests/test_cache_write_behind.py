@@ -10,6 +10,7 @@ and explicit flushes, never by sleeping.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import subprocess
@@ -215,6 +216,20 @@ def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
     assert written[-1] == ["late"]
 
 
+def test_without_a_thread_to_write_them_entries_are_written_by_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: Any) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    written: list[tuple[str, int]] = []
+    behind: WriteBehind[int] = WriteBehind(written.extend)
+    behind.put("k", 1)
+    assert written == [("k", 1)]
+    assert behind.queued == 0
+
+
 def test_a_key_put_again_keeps_its_newest_value(tmp_path: Path) -> None:
     cache = ResultsCache(tmp_path, size_limit=1 << 20)
     cache.put_answer("k", answer(1))
@@ -310,6 +325,34 @@ def test_a_process_killed_mid_batch_leaves_a_cache_that_opens_and_answers(tmp_pa
     assert reopened.get_answer("after") is not None
     assert (cache.errors, reopened.errors) == (0, 0)
     reopened.close()
+
+
+def test_answers_never_closed_are_written_at_interpreter_exit(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import pathlib, sys
+        from tests.test_cache_write_behind import answer
+        from supa_vectors.cache.results import ResultsCache
+
+        cache = ResultsCache(pathlib.Path(sys.argv[1]), size_limit=1 << 24)
+        for i in range(20):
+            cache.put_answer(f"k{i}", answer(i))
+        # no close(), no flush(): the process just ends
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    cache = ResultsCache(tmp_path, size_limit=1 << 24)
+    assert all(cache.get_answer(f"k{i}") is not None for i in range(20))
+    cache.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ class WriteBehind(Generic[V]):
     # ---- the caller's side -------------------------------------------------------------------------
 
     def put(self, key: str, value: V) -> None:
-        """Queue ``value`` under ``key`` (replacing a queued one); written at once after :meth:`close`."""
+        """Queue ``value`` under ``key`` (replacing a queued one); written at once, by the caller, after
+        :meth:`close` or when no writer thread can be started."""
         with self._cond:
             self._pending[key] = value
             self._pending.move_to_end(key)
@@ -94,14 +95,19 @@ class WriteBehind(Generic[V]):
                         "oldest (counted in dropped)",
                         self.max_pending,
                     )
-            if self.closed:
+            inline = self.closed
+            if inline:
                 pass
             elif self._writer is None:
                 self._writer = token = object()
-                _thread.start_new_thread(self._run, (token,))
+                try:
+                    _thread.start_new_thread(self._run, (token,))
+                except RuntimeError:  # no more threads, or the interpreter is shutting down
+                    self._writer = None
+                    inline = True
             elif len(self._pending) == 1 or len(self._pending) >= self.max_batch:
                 self._cond.notify()  # wake an idle writer, or cut a lingering batch short
-        if self.closed:
+        if inline:
             self.flush()
 
     def get(self, key: str) -> V | None:
