@@ -9,7 +9,12 @@ Figures (p50 over the same query vectors, so the embedder is never part of a tim
 * fallback with the breaker open: no transport call at all, straight to the cache;
 * mirror search: a query never asked before, answered from the mirror (and the numpy search alone,
   also at 100,000 rows); mirror recall@10 against the server's answers;
-* sync_mirror: a full sync of the corpus and an incremental sync with nothing changed.
+* sync_mirror: a full sync of the corpus and an incremental sync with nothing changed;
+* what ``network-first`` costs over the bare transport (decision 0025): the transport's own
+  ``match_documents`` call and row parsing, ``cache="off"``, ``VectorStore.search`` in its default
+  mode (its answer written behind) and the same store writing each answer through before returning
+  (what it did before 0025), interleaved query by query in rotating order, against the live server
+  and again with its replies replayed from memory; with the load average and the CPU's features.
 
 ``quick`` uses a slice of the corpus and a hashing embedder; the full run embeds the whole shared
 corpus with the ONNX model (minutes on two cores) so recall is measured on real embedding geometry.
@@ -35,9 +40,11 @@ from bench._common import (
     MODEL,
     Report,
     clustered,
+    cpu_features,
     latencies,
     load_corpus,
     load_queries,
+    near_queries,
     percentile,
     ratio,
     spread,
@@ -144,6 +151,7 @@ def run(quick: bool) -> dict[str, float]:
         live = _ms(live_times)
         report.heading(f"{len(docs)} documents, k=10, p50 over {len(asked)} query vectors")
         report.figure("live search p50 (backend up, network first)", live, "ms")
+        network_first_cost(report, postgres, embedder, base / "side-by-side", query_vectors, quick)
 
         cache_first = VectorStore(
             postgres(), embedder=embedder, cache_dir=cache_dir, cache="cache-first", cache_ttl=3600
@@ -308,6 +316,121 @@ def _telemetry_cost(report: Report, stores: dict[str, Any], vectors: list[Any]) 
 
 def _unobserved_search(store: Any, flow: Any, vector: Any) -> Any:
     return store._run(flow(store, vector, 10, None, None))
+
+
+class _Replay:
+    """A transport that answers every call with the live transport's reply to the first one of its
+    name: the SDK and its cache without the server, whose time and noise dwarf them on a busy
+    machine."""
+
+    def __init__(self, live: Any, vector: F32) -> None:
+        from supa_vectors._core import checks
+
+        self.cache_namespace = f"replay-{id(self)}"
+        self.identity_fingerprint = live.identity_fingerprint
+        self.identity = live.identity
+        self.replies = {
+            "store_settings": live.rpc("store_settings", {}),
+            "match_documents": live.rpc("match_documents", checks.match_params(vector, 10, None, {})),
+        }
+
+    def rpc(self, name: str, params: Any) -> Any:
+        return self.replies[name]
+
+    def close(self) -> None:
+        pass
+
+
+def network_first_cost(
+    report: Report, transport: Any, embedder: Any, cache_dir: Path, vectors: F32, quick: bool
+) -> None:
+    """The bare transport against ``VectorStore.search`` in its default mode, query by query: once
+    against the live server, once with its replies replayed from memory (the in-process cost alone)."""
+    count = 120 if quick else 600
+    queries = near_queries(vectors, count + 20, seed=17, noise=0.05)
+    _side_by_side(report, "live server", transport, embedder, cache_dir / "live", queries, unit="ms")
+    live = transport()
+    replay = _Replay(live, queries[0])
+    live.close()
+    many = near_queries(vectors, 4 * count + 20, seed=18, noise=0.05)
+    _side_by_side(report, "replies replayed", lambda: replay, embedder, cache_dir / "replay", many, unit="µs")
+
+
+def _side_by_side(
+    report: Report, label: str, transport: Any, embedder: Any, cache_dir: Path, queries: F32, *, unit: str
+) -> None:
+    """Every query is a new one (near the asked ones, so each path stores a new answer, as live traffic
+    does), asked of every path in turn, the order rotating so no path always runs first. The
+    difference is taken per query (a path's time minus the bare transport's on the same query, a
+    moment apart) and its median reported, which a load change between queries does not move; the
+    calling thread's CPU time and that of every other thread (the cache's writer) are printed too."""
+    from supa_vectors import VectorStore
+    from supa_vectors._core import checks, rows
+
+    scale = 1000.0 if unit == "ms" else 1e6
+    bare_transport = transport()
+    default = VectorStore(transport(), embedder=embedder, cache_dir=cache_dir / "behind")
+    through = VectorStore(transport(), embedder=embedder, cache_dir=cache_dir / "through")
+    off = VectorStore(transport(), embedder=embedder, cache="off")
+    written = through._offline.results
+    assert written is not None
+
+    def bare(q: F32) -> Any:
+        params = checks.match_params(checks.query_vector(q, DIM), 10, None, {})
+        return rows.parse_search_rows(bare_transport.rpc("match_documents", params))
+
+    def write_through(q: F32) -> Any:
+        found = through.search(q, k=10)
+        written.flush()  # the answer on disk before returning, as every search did before 0025
+        return found
+
+    paths: dict[str, Any] = {
+        "bare transport": bare,
+        'cache="off"': lambda q: off.search(q, k=10),
+        "VectorStore.search (network-first)": lambda q: default.search(q, k=10),
+        "write-through (before 0025)": write_through,
+    }
+    names = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    load_before = os.getloadavg()
+    process_cpu = thread_cpu = 0.0
+    for i, q in enumerate(queries):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        if i == 20:  # the first 20 warm the pools, plans and caches
+            process_cpu, thread_cpu = time.process_time(), time.thread_time()
+        for name in order:
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            paths[name](q)
+            if i >= 20:
+                times[name].append((time.perf_counter() - start) * scale)
+                cpu[name].append((time.thread_time() - start_cpu) * 1e6)
+    # CPU of every other thread (the cache writers, the pools' workers) over the timed queries.
+    others = (time.process_time() - process_cpu) - (time.thread_time() - thread_cpu)
+    load_after = os.getloadavg()
+    for store in (default, through, off):
+        store.close()
+    bare_transport.close()
+
+    timed = len(queries) - 20
+    report.heading(
+        f"network-first against the bare transport, {label}: {timed} new queries, each path in turn "
+        f"(load average {load_before[0]:.2f} -> {load_after[0]:.2f}; CPU {cpu_features()})"
+    )
+    base_p50 = percentile(times["bare transport"], 50)
+    for name in names:
+        p50, p95 = percentile(times[name], 50), percentile(times[name], 95)
+        ratios = {} if name == "bare transport" else {"bare transport": ratio(p50, base_p50)}
+        report.figure(f"{label}: {name} p50", p50, unit, ratios)
+        report.figure(f"{label}: {name} p95", p95, unit)
+        # Against the bare transport, and (the cache's own share) against the same store without it.
+        for baseline in ("bare transport", 'cache="off"')[: names.index(name)]:
+            extra = [b - a for a, b in zip(times[baseline], times[name], strict=True)]
+            report.figure(f"{label}: {name} minus {baseline}, median per query", percentile(extra, 50), unit)
+        report.figure(f"{label}: {name}, CPU of the calling thread p50", percentile(cpu[name], 50), "µs")
+    # Only the default store queues answers for a writer; write-through writes on the caller.
+    report.figure(f"{label}: CPU of other threads per network-first search", others / timed * 1e6, "µs")
+    report.figure(f"{label}: load average (1 min) at the end", load_after[0], "")
 
 
 def _closed_port() -> int:

@@ -261,6 +261,7 @@ class VectorStore(StoreCore):
         return self._run(self._restore_flow(path, options))
 
     def close(self) -> None:
+        """Close the transport, and write what the results cache still holds in memory to disk."""
         self._transport.close()
         self._offline.close()
 
@@ -416,8 +417,9 @@ class AsyncVectorStore(StoreCore):
         return await self._run(self._sync_flow(full))
 
     async def aclose(self) -> None:
+        """See :meth:`VectorStore.close`; the cache's last writes happen in a thread, off the loop."""
         await self._transport.aclose()
-        self._offline.close()
+        await asyncio.to_thread(self._offline.close)
 
     async def __aenter__(self) -> AsyncVectorStore:
         return self

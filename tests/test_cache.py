@@ -250,12 +250,14 @@ def test_the_cache_stays_within_its_size_limit(tmp_path: Path) -> None:
     rows = [{"id": f"d{i}", "content": "x" * 2000, "metadata": {}, "similarity": 0.5} for i in range(5)]
     for i in range(600):  # ~6 MB written
         cache.put_answer(f"key-{i}", answer([r["id"] for r in rows], [0.5] * 5, rows=rows))
+    cache.flush()  # answers are written behind
     assert cache.volume() <= limit * 1.1
     assert cache.get_answer("key-0") is None  # the oldest went first
     assert cache.get_answer("key-599") is not None
     cache.record_writes("store", [Change("x", deleted=True)])
     for i in range(600, 900):
         cache.put_answer(f"key-{i}", answer(["a"], [0.5], rows=rows[:1]))
+    cache.flush()
     assert cache.generation("store") == 1  # generation counters are never evicted
     assert cache.errors == 0
     cache.close()

@@ -4,8 +4,9 @@ It wraps the operations' flows (:mod:`supa_vectors._core.flows`) with the store'
 outbox and mirror. Like them, every multi-step part here is a generator that yields the network and
 embedder work it needs (:class:`~supa_vectors._core.ops.RpcCall`, :class:`~supa_vectors._core.ops.EmbedCall`)
 and receives the result or the failure; the two stores only perform those, through the circuit
-breaker. Local disk work (the results cache, the outbox, the mirror) happens inline: it takes
-microseconds to a millisecond, so the async store does it on the loop rather than in a thread.
+breaker. Local disk reads (the results cache, the outbox, the mirror) happen inline: they take
+microseconds, so the async store does them on the loop rather than in a thread. The results cache's
+writes, one per answer, are queued and written behind by a thread (decision 0025).
 
 Reads (network first, by default): ask the backend; when it cannot answer (:func:`is_outage`), serve
 the cached answer to the same question if no write since could have changed it, else search the
@@ -428,8 +429,12 @@ class OfflineLayer:
         found = list(parse(reply))
         note_answer("backend", stale=False)
         if results is not None:
+            # Queued, written behind (the caller may change its own array and filter in the meantime:
+            # the answer keeps copies).
             rows = [r.model_dump(exclude={"source", "stale", "age_seconds"}) for r in found]
-            answer = CachedAnswer(kind, rows, self.clock(), generation, k, threshold, filter, vector)
+            answer = CachedAnswer(
+                kind, rows, self.clock(), generation, k, threshold, dict(filter), vector.copy()
+            )
             results.put_answer(key, answer)
         return found
 

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from supa_vectors.cache.filtering import compile_predicate
 from supa_vectors.cache.keys import generation_key, write_log_key
 from supa_vectors.cache.private import private_file
+from supa_vectors.cache.writebehind import WriteBehind
 from supa_vectors.errors import ConfigurationError
 
 __all__ = ["CachedAnswer", "Change", "ResultsCache", "pack", "still_valid", "unpack"]
@@ -227,17 +228,47 @@ def _unpack_changes(value: Any) -> list[Change] | None:
 
 
 def _private_disk() -> type[Any]:
-    """diskcache's ``Disk`` whose value files are 0600 (it opens them with the process umask)."""
+    """diskcache's ``Disk`` whose value files are 0600 (it opens them with the process umask), and
+    which never unpickles.
+
+    We only ever store bytes, strings and integers, which diskcache keeps as they are; it pickles
+    anything else, and unpickles whatever row says it holds a pickle. A cache database is a file on
+    disk: a row planted there must not run code when the store reads it, so a pickle is read as the
+    bytes it is, never loaded (then it is garbled like any stranger's value: reported, dropped, a miss).
+    """
     import diskcache
 
     class PrivateDisk(diskcache.Disk):  # type: ignore[misc]
         def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
             size, mode, filename, db_value = super().store(value, read, key)
+            if mode == diskcache.core.MODE_PICKLE:
+                raise TypeError(f"the supa-vectors cache stores bytes, not {type(value).__name__}")
             if filename:
                 os.chmod(os.path.join(self._directory, filename), 0o600)
             return size, mode, filename, db_value
 
+        def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+            if mode == diskcache.core.MODE_PICKLE:
+                return b"" if value is None else bytes(value)
+            return super().fetch(mode, filename, value, read)
+
+        def get(self, key: Any, raw: bool) -> Any:
+            return super().get(key, True)  # a key that would need unpickling stays bytes
+
     return PrivateDisk
+
+
+# What waits in the write-behind queue: an answer, a query embedding, or store settings.
+_Queued = CachedAnswer | npt.NDArray[np.float32] | dict[str, Any]
+
+
+def _encode(value: _Queued) -> bytes:
+    if isinstance(value, CachedAnswer):
+        return value.to_bytes()
+    if isinstance(value, dict):
+        return pack({"settings": value})
+    matrix = np.asarray(value, dtype=np.float32).reshape(1, -1)
+    return pack({"shape": list(matrix.shape)}, matrix)
 
 
 class ResultsCache:
@@ -247,6 +278,11 @@ class ResultsCache:
     (see :mod:`supa_vectors.cache.keys`), bounded by ``size_limit`` (least recently stored entries go
     first). ``<directory>/generations`` holds one counter per store and never evicts: a counter that
     vanished would restart from 0 and make old answers look current.
+
+    Answers, embeddings and settings are written behind (:mod:`supa_vectors.cache.writebehind`): queued
+    in memory, visible to this cache's reads at once, on disk after the next batch, :meth:`flush` or
+    :meth:`close`. Generations and write records are written at once: they are what tells every
+    process which answers a write made stale.
     """
 
     def __init__(
@@ -256,6 +292,7 @@ class ResultsCache:
         size_limit: int,
         clock: Callable[[], float] = time.time,
         timeout: float = 2.0,
+        max_pending: int = 1000,
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -266,6 +303,7 @@ class ResultsCache:
         self._lock = threading.Lock()
         self._cache: Any = None
         self._counters: Any = None
+        self._behind: WriteBehind[_Queued] = WriteBehind(self._write_batch, max_pending=max_pending)
         # Answers hold document text: the directories and their databases are private to this OS user
         # (a directory of someone else's is refused here, before the bypass below could hide it).
         try:
@@ -284,7 +322,10 @@ class ResultsCache:
             )
             try:
                 counters = diskcache.Cache(
-                    str(directory / "generations"), timeout=timeout, eviction_policy="none"
+                    str(directory / "generations"),
+                    timeout=timeout,
+                    eviction_policy="none",
+                    disk=_private_disk(),
                 )
             except Exception:
                 cache.close()
@@ -341,23 +382,48 @@ class ResultsCache:
                 self._cache.delete(key)
             return None
 
-    def _set(self, key: str, value: bytes, operation: str, expire: float | None = None) -> None:
-        if self._cache is None:
-            return
-        with self._guard(operation):
-            self._cache.set(key, value, expire=expire)
+    def _put(self, key: str, value: _Queued) -> None:
+        if self._cache is not None:
+            self._behind.put(key, value)
+
+    def _write_batch(self, batch: Sequence[tuple[str, _Queued]]) -> None:
+        """Encode a batch (on the writer thread) and store it in one transaction; a value that cannot
+        be encoded is reported and skipped, a batch the disk refuses is reported and lost."""
+        encoded = []
+        for key, value in batch:
+            with self._guard("write"):
+                encoded.append((key, _encode(value)))
+        with self._guard("write"), self._cache.transact():
+            for key, raw in encoded:
+                self._cache.set(key, raw)
+
+    def flush(self) -> None:
+        """Write what is queued now (the store's ``close()`` does; tests and benchmarks may)."""
+        self._behind.flush()
+
+    @property
+    def dropped(self) -> int:
+        """Entries dropped unwritten because more than ``max_pending`` waited for the disk."""
+        return self._behind.dropped
 
     # ---- answers ---------------------------------------------------------------------------------
 
     def get_answer(self, key: str) -> CachedAnswer | None:
+        queued = self._behind.get(key)
+        if isinstance(queued, CachedAnswer):
+            return queued
         return self._get(key, "read", CachedAnswer.from_bytes)
 
     def put_answer(self, key: str, answer: CachedAnswer) -> None:
-        self._set(key, answer.to_bytes(), "write")
+        self._put(key, answer)
 
     # ---- query embeddings --------------------------------------------------------------------------
 
     def get_vector(self, key: str) -> npt.NDArray[np.float32] | None:
+        queued = self._behind.get(key)
+        if isinstance(queued, np.ndarray):
+            return queued
+
         def decode(raw: Any) -> npt.NDArray[np.float32]:
             vector: npt.NDArray[np.float32] = unpack(raw)[1][0]
             return vector
@@ -365,19 +431,22 @@ class ResultsCache:
         return self._get(key, "read", decode)
 
     def put_vector(self, key: str, vector: npt.NDArray[np.float32]) -> None:
-        matrix = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        self._set(key, pack({"shape": list(matrix.shape)}, matrix), "write")
+        self._put(key, np.array(vector, dtype=np.float32).reshape(-1))
 
     # ---- store settings ----------------------------------------------------------------------------
 
     def get_settings(self, key: str) -> dict[str, Any] | None:
+        queued = self._behind.get(key)
+        if isinstance(queued, dict):
+            return dict(queued)
+
         def decode(raw: Any) -> dict[str, Any]:
             return dict(unpack(raw)[0]["settings"])
 
         return self._get(key, "read", decode)
 
     def put_settings(self, key: str, settings: Mapping[str, Any]) -> None:
-        self._set(key, pack({"settings": dict(settings)}), "write")
+        self._put(key, dict(settings))
 
     # ---- generations and the write log -------------------------------------------------------------
 
@@ -428,6 +497,8 @@ class ResultsCache:
         return value
 
     def close(self) -> None:
+        """Write what is queued, then close the databases."""
+        self._behind.close()
         for cache in (self._cache, self._counters):
             if cache is not None:
                 with self._guard("close"):
