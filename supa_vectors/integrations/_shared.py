@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from supa_vectors._models import HybridSearchResult, SearchResult
+from supa_vectors._models import HybridSearchResult, SearchResult, StoredDocument
 from supa_vectors._store import AsyncVectorStore, VectorStore
-from supa_vectors.errors import ConfigurationError, InvalidInputError
+from supa_vectors.cache.breaker import is_outage
+from supa_vectors.errors import ConfigurationError, InvalidInputError, SupaVectorsError
 
-__all__ = ["OFFLINE_KEY", "StorePair", "check_options", "missing_framework", "result_metadata"]
+__all__ = [
+    "OFFLINE_KEY",
+    "StorePair",
+    "check_options",
+    "missing_framework",
+    "offline_fallback",
+    "reads_stored_vectors",
+    "result_metadata",
+    "with_stored_vectors",
+]
 
 # The metadata key an answer from the cache or the mirror carries: LangChain's loaders already use
 # metadata["source"] for the file a text came from, so the offline markers live under a key of ours.
@@ -34,6 +44,36 @@ def result_metadata(result: SearchResult | HybridSearchResult) -> dict[str, Any]
             "age_seconds": result.age_seconds,
         }
     return metadata
+
+
+def reads_stored_vectors(candidates: Sequence[SearchResult]) -> bool:
+    """Whether MMR asks the backend for the candidates' stored vectors: not when there are none, nor
+    when the search was answered offline (the backend was just found unreachable)."""
+    return bool(candidates) and not any(c.stale for c in candidates)
+
+
+def offline_fallback(exc: SupaVectorsError) -> None:
+    """Re-raise ``exc`` unless it says the backend is unreachable (MMR then embeds the candidates'
+    content instead, decision 0022)."""
+    if not is_outage(exc):
+        raise exc
+
+
+def with_stored_vectors(
+    candidates: Sequence[SearchResult], stored: Sequence[StoredDocument]
+) -> tuple[list[SearchResult], list[list[float]]]:
+    """The MMR candidates paired with their stored vectors (``get(ids, with_vectors=True)``).
+
+    A candidate deleted (or left without a vector) between the search and the read is dropped: it no
+    longer exists to be recommended. Under an id held both by the caller and as a shared document,
+    the caller's own vector wins, as in ``get`` (own before shared).
+    """
+    vectors: dict[str, list[float]] = {}
+    for doc in stored:
+        if doc.embedding is not None:
+            vectors.setdefault(doc.id, doc.embedding)
+    kept = [c for c in candidates if c.id in vectors]
+    return kept, [vectors[c.id] for c in kept]
 
 
 def check_options(operation: str, given: Mapping[str, Any], known: frozenset[str]) -> None:

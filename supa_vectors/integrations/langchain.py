@@ -35,8 +35,16 @@ from supa_vectors._models import Document as StoreDocument
 from supa_vectors._models import HybridSearchResult, SearchResult, StoredDocument
 from supa_vectors._store import AsyncVectorStore
 from supa_vectors._store import VectorStore as Store
-from supa_vectors.errors import ConfigurationError, InvalidInputError
-from supa_vectors.integrations._shared import StorePair, check_options, missing_framework, result_metadata
+from supa_vectors.errors import ConfigurationError, InvalidInputError, SupaVectorsError
+from supa_vectors.integrations._shared import (
+    StorePair,
+    check_options,
+    missing_framework,
+    offline_fallback,
+    reads_stored_vectors,
+    result_metadata,
+    with_stored_vectors,
+)
 
 try:
     from langchain_core.callbacks import (
@@ -246,12 +254,9 @@ class SupaVectorsVectorStore(VectorStore):
     def max_marginal_relevance_search(
         self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
     ) -> list[Document]:
-        """Maximal marginal relevance over the ``fetch_k`` candidates the store returns.
-
-        The search RPC returns no vectors (and the adapters add no SQL), so the candidates' vectors
-        are computed again from their content by the embedder that wrote them: the same vectors, for
-        ``fetch_k`` short texts (decision 0022).
-        """
+        """Maximal marginal relevance over the ``fetch_k`` candidates the store returns, compared by
+        the vectors stored for them (one ``get(ids, with_vectors=True)`` call; nothing is embedded
+        but the query). Offline, the candidates' content is embedded instead (decision 0022)."""
         vector = (
             self._embed_texts([query])[0] if self._embedding is None else self._embedding.embed_query(query)
         )
@@ -275,7 +280,15 @@ class SupaVectorsVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
     ) -> list[Document]:
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
-        candidates = self._stores.sync.search(embedding, k=max(k, fetch_k), **kwargs)
+        store = self._stores.sync
+        candidates = store.search(embedding, k=max(k, fetch_k), **kwargs)
+        if reads_stored_vectors(candidates):
+            try:
+                stored = store.get([c.id for c in candidates], with_vectors=True)
+            except SupaVectorsError as exc:
+                offline_fallback(exc)
+            else:
+                return _most_relevant(embedding, *with_stored_vectors(candidates, stored), k, lambda_mult)
         vectors = self._embed_texts([c.content for c in candidates]) if candidates else []
         return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
 
@@ -296,6 +309,13 @@ class SupaVectorsVectorStore(VectorStore):
             return result
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
         candidates = await store.search(embedding, k=max(k, fetch_k), **kwargs)
+        if reads_stored_vectors(candidates):
+            try:
+                stored = await store.get([c.id for c in candidates], with_vectors=True)
+            except SupaVectorsError as exc:
+                offline_fallback(exc)
+            else:
+                return _most_relevant(embedding, *with_stored_vectors(candidates, stored), k, lambda_mult)
         vectors = await self._aembed_texts([c.content for c in candidates]) if candidates else []
         return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
 
@@ -385,7 +405,8 @@ class SupaVectorsVectorStore(VectorStore):
             )
 
     def _embed_texts(self, texts: list[str]) -> list[list[float]]:
-        """Vectors of ``texts`` by whoever embeds this adapter's documents."""
+        """Vectors of ``texts`` by whoever embeds this adapter's documents (the MMR query; offline,
+        the MMR candidates too)."""
         if self._embedding is not None:
             return self._embedding.embed_documents(texts)
         store = self._stores.sync
