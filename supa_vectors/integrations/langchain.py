@@ -35,15 +35,16 @@ from supa_vectors._models import Document as StoreDocument
 from supa_vectors._models import HybridSearchResult, SearchResult, StoredDocument
 from supa_vectors._store import AsyncVectorStore
 from supa_vectors._store import VectorStore as Store
-from supa_vectors.errors import ConfigurationError, InvalidInputError, SupaVectorsError
+from supa_vectors.errors import ConfigurationError, InvalidInputError
 from supa_vectors.integrations._shared import (
     StorePair,
+    acandidate_vectors,
+    astore_embed,
+    candidate_vectors,
     check_options,
     missing_framework,
-    offline_fallback,
-    reads_stored_vectors,
     result_metadata,
-    with_stored_vectors,
+    store_embed,
 )
 
 try:
@@ -282,15 +283,9 @@ class SupaVectorsVectorStore(VectorStore):
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
         store = self._stores.sync
         candidates = store.search(embedding, k=max(k, fetch_k), **kwargs)
-        if reads_stored_vectors(candidates):
-            try:
-                stored = store.get([c.id for c in candidates], with_vectors=True)
-            except SupaVectorsError as exc:
-                offline_fallback(exc)
-            else:
-                return _most_relevant(embedding, *with_stored_vectors(candidates, stored), k, lambda_mult)
-        vectors = self._embed_texts([c.content for c in candidates]) if candidates else []
-        return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
+        return _most_relevant(
+            embedding, *candidate_vectors(store, candidates, self._embed_texts), k, lambda_mult
+        )
 
     async def amax_marginal_relevance_search_by_vector(
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
@@ -309,15 +304,8 @@ class SupaVectorsVectorStore(VectorStore):
             return result
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
         candidates = await store.search(embedding, k=max(k, fetch_k), **kwargs)
-        if reads_stored_vectors(candidates):
-            try:
-                stored = await store.get([c.id for c in candidates], with_vectors=True)
-            except SupaVectorsError as exc:
-                offline_fallback(exc)
-            else:
-                return _most_relevant(embedding, *with_stored_vectors(candidates, stored), k, lambda_mult)
-        vectors = await self._aembed_texts([c.content for c in candidates]) if candidates else []
-        return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
+        found = await acandidate_vectors(store, candidates, self._aembed_texts)
+        return _most_relevant(embedding, *found, k, lambda_mult)
 
     def hybrid_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """Full-text and vector rankings fused (the SDK's ``hybrid_search``): ``filter=``,
@@ -409,21 +397,14 @@ class SupaVectorsVectorStore(VectorStore):
         the MMR candidates too)."""
         if self._embedding is not None:
             return self._embedding.embed_documents(texts)
-        store = self._stores.sync
-        embedder = store._checked_embedder(store.settings())
-        vectors: list[list[float]] = run_embedder(embedder, texts).tolist()
-        return vectors
+        return store_embed(self._stores.sync)(texts)
 
     async def _aembed_texts(self, texts: list[str]) -> list[list[float]]:
         if self._embedding is not None:
             return await self._embedding.aembed_documents(texts)
         store = self._stores.async_store
         assert store is not None  # callers without one ran the blocking method instead
-        embedder = store._checked_embedder(await store.settings())
-        vectors: list[list[float]] = await run_in_executor(
-            None, lambda: run_embedder(embedder, texts).tolist()
-        )
-        return vectors
+        return await astore_embed(store)(texts)
 
 
 class SupaVectorsRetriever(VectorStoreRetriever):
