@@ -14,14 +14,12 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests
 
 from supa_vectors import AsyncVectorStore, VectorStore
-from supa_vectors import Document as StoreDocument
 from supa_vectors.errors import BackendUnavailableError, ConfigurationError, FilterError, InvalidInputError
 from supa_vectors.integrations.langchain import (
     SupaVectorsEmbeddings,
@@ -30,7 +28,13 @@ from supa_vectors.integrations.langchain import (
 )
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import DIM, FakeEmbedder, empty_store
-from tests.integrations_corpus import FlakyTransport, corpus_slice, import_error, two_users
+from tests.integrations_corpus import (
+    FlakyTransport,
+    corpus_slice,
+    import_error,
+    precomputed_mmr_case,
+    two_users,
+)
 
 COFFEE = [
     ("espresso", "Espresso forces hot water through finely ground coffee under pressure.", "pressure", 1),
@@ -205,30 +209,11 @@ def test_mmr_picks_diverse_candidates_with_their_vectors(clean_url: str) -> None
         assert ids(vectorstore.hybrid_search("roast origin", k=1)) == ["d"]
 
 
-def _precomputed(embedder: FakeEmbedder) -> tuple[list[float], list[StoreDocument]]:
-    """A query and three documents written with the app's own vectors, which differ from what the
-    embedder makes of their content: "a" is the query's vector, "b" a near-duplicate of it (content
-    unrelated), "c" half-way to another direction (content "alpha", which embeds exactly as "a")."""
-    query = embedder.vector("alpha")
-    rng = np.random.default_rng(17)
-    x, y = (v - (v @ query) * query for v in rng.standard_normal((2, DIM)).astype(np.float32))
-    unit = [
-        v / np.linalg.norm(v)
-        for v in (query, 0.9 * query + 0.1 * x / np.linalg.norm(x), query + y / np.linalg.norm(y))
-    ]
-    docs = [
-        StoreDocument(id="a", content="alpha", embedding=unit[0]),
-        StoreDocument(id="b", content="beta gamma", embedding=unit[1]),
-        StoreDocument(id="c", content="alpha", embedding=unit[2]),
-    ]
-    return query.tolist(), docs
-
-
 def test_mmr_compares_the_stored_vectors_not_the_content_embedded_again(clean_url: str) -> None:
     """Stored vectors: b duplicates a, so MMR's second pick is c. Re-embedding the content (the old
     adapter) would see c as a's duplicate and pick b; it would also call the embedder on 3 texts."""
     embedder = FakeEmbedder()
-    query, docs = _precomputed(embedder)
+    query, docs = precomputed_mmr_case(embedder)
     with VectorStore(PostgresTransport(clean_url), embedder=embedder, cache="off") as store:
         store.upsert(docs)
         vectorstore = SupaVectorsVectorStore(store)
@@ -245,7 +230,7 @@ def test_mmr_compares_the_stored_vectors_not_the_content_embedded_again(clean_ur
 
 async def test_async_mmr_compares_the_stored_vectors(clean_url: str) -> None:
     embedder = FakeEmbedder()
-    _, docs = _precomputed(embedder)
+    _, docs = precomputed_mmr_case(embedder)
     async with AsyncVectorStore(AsyncPostgresTransport(clean_url), embedder=embedder, cache="off") as astore:
         await astore.upsert(docs)
         vectorstore = SupaVectorsVectorStore(async_store=astore)
@@ -259,7 +244,7 @@ def test_offline_mmr_embeds_the_candidates_it_got_from_the_mirror(clean_url: str
     """Unreachable, the stored vectors cannot be read: MMR runs over the mirror's candidates with
     their content embedded (the only vectors at hand), and says the answer is stale."""
     embedder = FakeEmbedder()
-    query, docs = _precomputed(embedder)
+    query, docs = precomputed_mmr_case(embedder)
     transport = FlakyTransport(clean_url)
     with VectorStore(transport, embedder=embedder, cache_dir=tmp_path) as store:
         store.upsert(docs)
