@@ -176,9 +176,15 @@ class VectorStore(StoreCore):
         """
         return self._run(self._hybrid_flow(query, k, filter, tuning))
 
-    def get(self, ids: Iterable[str] | str) -> list[StoredDocument]:
-        """The visible documents with these ids, in the order asked (missing ids are left out)."""
-        return self._run(self._get_flow(ids))
+    def get(self, ids: Iterable[str] | str, *, with_vectors: bool = False) -> list[StoredDocument]:
+        """The visible documents with these ids, in the order asked (missing ids are left out).
+
+        ``with_vectors=True`` fills each document's ``embedding`` with the vector stored for it (of
+        the store's model; None if it has none), in the same one call per chunk of ids: the vectors
+        the app or the embedder wrote, not recomputed. Both need the backend: unreachable, this
+        raises ``BackendUnavailableError`` (the mirror answers searches, not reads by id).
+        """
+        return self._run(self._get_with_vectors_flow(ids) if with_vectors else self._get_flow(ids))
 
     def delete(self, ids: Iterable[str] | str) -> DeleteCount:
         """Delete the caller's documents with these ids; returns how many were deleted.
@@ -351,9 +357,9 @@ class AsyncVectorStore(StoreCore):
         """See :meth:`VectorStore.hybrid_search`."""
         return await self._run(self._hybrid_flow(query, k, filter, tuning))
 
-    async def get(self, ids: Iterable[str] | str) -> list[StoredDocument]:
+    async def get(self, ids: Iterable[str] | str, *, with_vectors: bool = False) -> list[StoredDocument]:
         """See :meth:`VectorStore.get`."""
-        return await self._run(self._get_flow(ids))
+        return await self._run(self._get_with_vectors_flow(ids) if with_vectors else self._get_flow(ids))
 
     async def delete(self, ids: Iterable[str] | str) -> DeleteCount:
         """See :meth:`VectorStore.delete`."""

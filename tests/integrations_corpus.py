@@ -16,10 +16,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from supa_vectors import Identity, VectorStore
+import numpy as np
+
+from supa_vectors import Document, Identity, VectorStore
 from supa_vectors.errors import BackendUnavailableError
 from supa_vectors.transport.postgres import PostgresTransport
-from tests.conftest import CORPUS, USER_A, USER_B, FakeEmbedder
+from tests.conftest import CORPUS, DIM, USER_A, USER_B, FakeEmbedder
 
 
 @contextlib.contextmanager
@@ -69,3 +71,23 @@ class FlakyTransport(PostgresTransport):
         if self.down:
             raise BackendUnavailableError(f"injected: connection refused ({name})")
         return super().rpc(name, params)
+
+
+def precomputed_mmr_case(embedder: FakeEmbedder) -> tuple[list[float], list[Document]]:
+    """MMR by stored vectors: a query and three documents written with the app's own vectors, which
+    differ from what the embedder makes of their content: "a" is the query's vector, "b" a
+    near-duplicate of it (content unrelated), "c" half-way to another direction (content "alpha",
+    which embeds exactly as "a")."""
+    query = embedder.vector("alpha")
+    rng = np.random.default_rng(17)
+    x, y = (v - (v @ query) * query for v in rng.standard_normal((2, DIM)).astype(np.float32))
+    unit = [
+        v / np.linalg.norm(v)
+        for v in (query, 0.9 * query + 0.1 * x / np.linalg.norm(x), query + y / np.linalg.norm(y))
+    ]
+    docs = [
+        Document(id="a", content="alpha", embedding=unit[0]),
+        Document(id="b", content="beta gamma", embedding=unit[1]),
+        Document(id="c", content="alpha", embedding=unit[2]),
+    ]
+    return query.tolist(), docs

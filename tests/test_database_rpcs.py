@@ -565,6 +565,7 @@ def test_anon_cannot_call_any_rpc(conn: psycopg.Connection) -> None:
         ("match_documents", {"query_embedding": unit(1)}),
         ("bulk_upsert", {"documents": [doc("x", seed=1)]}),
         ("get_documents", {"external_ids": ["x"]}),
+        ("get_embeddings", {"external_ids": ["x"]}),
         ("list_documents", {}),
     ]:
         assert sqlstate_of(conn, fn, **params).diag.sqlstate == "42501", fn

@@ -20,7 +20,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests
 
 from supa_vectors import AsyncVectorStore, VectorStore
-from supa_vectors.errors import ConfigurationError, FilterError, InvalidInputError
+from supa_vectors.errors import BackendUnavailableError, ConfigurationError, FilterError, InvalidInputError
 from supa_vectors.integrations.langchain import (
     SupaVectorsEmbeddings,
     SupaVectorsRetriever,
@@ -28,7 +28,13 @@ from supa_vectors.integrations.langchain import (
 )
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import DIM, FakeEmbedder, empty_store
-from tests.integrations_corpus import FlakyTransport, corpus_slice, import_error, two_users
+from tests.integrations_corpus import (
+    FlakyTransport,
+    corpus_slice,
+    import_error,
+    precomputed_mmr_case,
+    two_users,
+)
 
 COFFEE = [
     ("espresso", "Espresso forces hot water through finely ground coffee under pressure.", "pressure", 1),
@@ -201,6 +207,57 @@ def test_mmr_picks_diverse_candidates_with_their_vectors(clean_url: str) -> None
         assert ids(retriever.invoke("coffee espresso crema")) == ["a", "d"]
         # hybrid works with the store's own model wrapped as LangChain Embeddings
         assert ids(vectorstore.hybrid_search("roast origin", k=1)) == ["d"]
+
+
+def test_mmr_compares_the_stored_vectors_not_the_content_embedded_again(clean_url: str) -> None:
+    """Stored vectors: b duplicates a, so MMR's second pick is c. Re-embedding the content (the old
+    adapter) would see c as a's duplicate and pick b; it would also call the embedder on 3 texts."""
+    embedder = FakeEmbedder()
+    query, docs = precomputed_mmr_case(embedder)
+    with VectorStore(PostgresTransport(clean_url), embedder=embedder, cache="off") as store:
+        store.upsert(docs)
+        vectorstore = SupaVectorsVectorStore(store)
+        embedder.texts.clear()
+        picked = vectorstore.max_marginal_relevance_search_by_vector(query, k=2, fetch_k=3, lambda_mult=0.3)
+        assert ids(picked) == ["a", "c"]
+        assert embedder.texts == []  # nothing embedded: the vectors are the stored ones
+        assert ids(vectorstore.max_marginal_relevance_search("alpha", k=2, fetch_k=3, lambda_mult=0.3)) == [
+            "a",
+            "c",
+        ]
+        assert embedder.texts == ["alpha"]  # the query only
+
+
+async def test_async_mmr_compares_the_stored_vectors(clean_url: str) -> None:
+    embedder = FakeEmbedder()
+    _, docs = precomputed_mmr_case(embedder)
+    async with AsyncVectorStore(AsyncPostgresTransport(clean_url), embedder=embedder, cache="off") as astore:
+        await astore.upsert(docs)
+        vectorstore = SupaVectorsVectorStore(async_store=astore)
+        embedder.texts.clear()
+        picked = await vectorstore.amax_marginal_relevance_search("alpha", k=2, fetch_k=3, lambda_mult=0.3)
+        assert ids(picked) == ["a", "c"]
+        assert embedder.texts == ["alpha"]
+
+
+def test_offline_mmr_embeds_the_candidates_it_got_from_the_mirror(clean_url: str, tmp_path: Path) -> None:
+    """Unreachable, the stored vectors cannot be read: MMR runs over the mirror's candidates with
+    their content embedded (the only vectors at hand), and says the answer is stale."""
+    embedder = FakeEmbedder()
+    query, docs = precomputed_mmr_case(embedder)
+    transport = FlakyTransport(clean_url)
+    with VectorStore(transport, embedder=embedder, cache_dir=tmp_path) as store:
+        store.upsert(docs)
+        store.sync_mirror()
+        vectorstore = SupaVectorsVectorStore(store)
+        transport.down = True
+        embedder.texts.clear()
+        picked = vectorstore.max_marginal_relevance_search_by_vector(query, k=2, fetch_k=3, lambda_mult=0.3)
+        assert ids(picked) == ["a", "b"]  # by the content's vectors: c reads as a's duplicate
+        assert all(d.metadata["supa_vectors"]["stale"] for d in picked)
+        assert sorted(embedder.texts) == ["alpha", "alpha", "beta gamma"]
+        with pytest.raises(BackendUnavailableError):
+            store.get(["a"], with_vectors=True)
 
 
 def test_offline_answers_carry_source_and_stale(clean_url: str, tmp_path: Path) -> None:

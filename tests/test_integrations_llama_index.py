@@ -33,7 +33,13 @@ from supa_vectors.errors import FilterError, InvalidInputError
 from supa_vectors.integrations.llama_index import SupaVectorsEmbedding, SupaVectorsVectorStore, to_filter
 from supa_vectors.transport.postgres import AsyncPostgresTransport, PostgresTransport
 from tests.conftest import REPO_ROOT, FakeEmbedder, empty_store
-from tests.integrations_corpus import FlakyTransport, corpus_slice, import_error, two_users
+from tests.integrations_corpus import (
+    FlakyTransport,
+    corpus_slice,
+    import_error,
+    precomputed_mmr_case,
+    two_users,
+)
 
 
 def example_documents() -> list[Document]:
@@ -293,12 +299,56 @@ def test_nested_filters(rows: SupaVectorsVectorStore) -> None:
 
 
 def test_unsupported_queries_say_so(rows: SupaVectorsVectorStore) -> None:
-    with pytest.raises(InvalidInputError, match="'mmr' is not offered"):
+    with pytest.raises(InvalidInputError, match="'sparse' is not offered"):
+        rows.query(VectorStoreQuery(query_str="row", mode=VectorStoreQueryMode.SPARSE))
+    with pytest.raises(InvalidInputError, match="MMR query needs query_embedding"):
         rows.query(VectorStoreQuery(query_str="row", mode=VectorStoreQueryMode.MMR))
+    with pytest.raises(InvalidInputError, match="does not take mmr_lambda"):
+        rows.query(
+            VectorStoreQuery(query_embedding=[1.0] * 384, mode=VectorStoreQueryMode.MMR), mmr_lambda=0.5
+        )
+    with pytest.raises(InvalidInputError, match="takes no options"):
+        rows.query(VectorStoreQuery(query_str="row"), mmr_threshold=0.5)
     with pytest.raises(InvalidInputError, match="node_ids"):
         rows.query(VectorStoreQuery(query_str="row", node_ids=["r1"]))
     with pytest.raises(InvalidInputError, match="needs query_str"):
         rows.query(VectorStoreQuery(query_embedding=[1.0] * 384, mode=VectorStoreQueryMode.HYBRID))
+
+
+def mmr_nodes(embedder: FakeEmbedder) -> tuple[list[float], list[TextNode]]:
+    query, docs = precomputed_mmr_case(embedder)
+    return query, [TextNode(id_=d.id, text=d.content, embedding=d.embedding) for d in docs]
+
+
+def test_mmr_compares_the_stored_vectors(clean_url: str) -> None:
+    """Nodes written with their own embeddings: MMR (query mode and retriever) picks by those, not by
+    their text embedded again ("c" reads as a duplicate of "a" by its text, not by its vector)."""
+    embedder = FakeEmbedder()
+    query, nodes = mmr_nodes(embedder)
+    with VectorStore(PostgresTransport(clean_url), embedder=embedder, cache="off") as store:
+        vector_store = SupaVectorsVectorStore(store)
+        vector_store.add(nodes)
+        embedder.texts.clear()
+        mmr = VectorStoreQuery(query_embedding=query, similarity_top_k=2, mode=VectorStoreQueryMode.MMR)
+        found = vector_store.query(mmr, mmr_threshold=0.3, mmr_prefetch_k=3)
+        assert found.ids == ["a", "c"]
+        assert embedder.texts == []
+        index = VectorStoreIndex.from_vector_store(vector_store, embed_model=SupaVectorsEmbedding(embedder))
+        retriever = index.as_retriever(
+            similarity_top_k=2, vector_store_query_mode="mmr", vector_store_kwargs={"mmr_threshold": 0.3}
+        )
+        assert [h.node.node_id for h in retriever.retrieve("alpha")] == ["a", "c"]
+
+
+async def test_async_mmr_compares_the_stored_vectors(clean_url: str) -> None:
+    embedder = FakeEmbedder()
+    query, nodes = mmr_nodes(embedder)
+    async with AsyncVectorStore(AsyncPostgresTransport(clean_url), embedder=embedder, cache="off") as astore:
+        vector_store = SupaVectorsVectorStore(async_store=astore)
+        await vector_store.async_add(nodes)
+        mmr = VectorStoreQuery(query_embedding=query, similarity_top_k=2, mode=VectorStoreQueryMode.MMR)
+        found = await vector_store.aquery(mmr, mmr_threshold=0.3, mmr_prefetch_factor=1.5)
+        assert found.ids == ["a", "c"]
 
 
 def test_each_identity_sees_its_own_nodes(clean_url: str) -> None:

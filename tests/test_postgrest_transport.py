@@ -328,10 +328,17 @@ async def test_non_finite_embedding_names_the_document(
 # Results
 
 
-async def test_list_documents_embeddings_come_back_as_float32_arrays(
-    router: respx.MockRouter, make: Callable[..., Harness]
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("list_documents", {"page_size": 2, "with_embeddings": True}),
+        ("get_embeddings", {"external_ids": ["a", "b"]}),
+    ],
+)
+async def test_stored_embeddings_come_back_as_float32_arrays(
+    router: respx.MockRouter, make: Callable[..., Harness], name: str, params: dict[str, Any]
 ) -> None:
-    router.post("/rpc/list_documents").mock(
+    router.post(f"/rpc/{name}").mock(
         return_value=ok(
             [
                 {
@@ -345,7 +352,7 @@ async def test_list_documents_embeddings_come_back_as_float32_arrays(
         )
     )
 
-    rows = await make().rpc("list_documents", {"page_size": 2, "with_embeddings": True})
+    rows = await make().rpc(name, params)
 
     assert isinstance(rows[0]["embedding"], np.ndarray)
     assert rows[0]["embedding"].dtype == np.float32

@@ -76,8 +76,8 @@ class AsyncAdapter:
     def hybrid_search(self, query: Any, **kwargs: Any) -> list[HybridSearchResult]:
         return self._run(self._store.hybrid_search(query, **kwargs))  # type: ignore[no-any-return]
 
-    def get(self, ids: Any) -> list[StoredDocument]:
-        return self._run(self._store.get(ids))  # type: ignore[no-any-return]
+    def get(self, ids: Any, **kwargs: Any) -> list[StoredDocument]:
+        return self._run(self._store.get(ids, **kwargs))  # type: ignore[no-any-return]
 
     def delete(self, ids: Any) -> int:
         return self._run(self._store.delete(ids))  # type: ignore[no-any-return]
@@ -405,6 +405,22 @@ def test_get_returns_documents_in_the_order_asked(store: Store) -> None:
     assert store.get([]) == []
     with pytest.raises(InvalidInputError):
         store.get([""])
+
+
+def test_get_with_vectors_returns_the_stored_vectors(store: Store, embedder: FakeEmbedder) -> None:
+    """The vectors as written: the app's own for "mine", the embedder's for "cat", exactly (float32)."""
+    mine = np.random.default_rng(3).standard_normal(DIM).astype(np.float32)
+    store.add([DOCS[0], {"id": "mine", "content": "Cats purr and sleep in the sun", "embedding": mine}])
+    docs = store.get(["mine", "missing", "cat"], with_vectors=True)
+    assert [d.id for d in docs] == ["mine", "cat"]
+    assert np.array_equal(np.asarray(docs[0].embedding, dtype=np.float32), mine)
+    assert np.array_equal(
+        np.asarray(docs[1].embedding, dtype=np.float32), embedder.vector(DOCS[0]["content"])
+    )
+    assert docs[0].content == DOCS[0]["content"]
+    assert docs[0].metadata == {}
+    assert [d.embedding for d in store.get(["mine", "cat"])] == [None, None]  # only when asked
+    assert store.get([], with_vectors=True) == []
 
 
 def test_delete_removes_documents_and_their_vectors(store: Store) -> None:

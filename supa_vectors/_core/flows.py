@@ -550,12 +550,22 @@ class StoreCore:
 
     @operation("get", rpcs.GET_DOCUMENTS)
     def _get_flow(self, ids: Iterable[str] | str) -> Flow[list[StoredDocument]]:
+        return (yield from self._read_documents(ids, rpcs.GET_DOCUMENTS))
+
+    @operation("get", rpcs.GET_EMBEDDINGS)
+    def _get_with_vectors_flow(self, ids: Iterable[str] | str) -> Flow[list[StoredDocument]]:
+        return (yield from self._read_documents(ids, rpcs.GET_EMBEDDINGS))
+
+    def _read_documents(self, ids: Iterable[str] | str, rpc: rpcs.Rpc) -> Flow[list[StoredDocument]]:
+        """``get``: the visible documents with these ids, in the order asked, read by ``rpc``
+        (``get_documents``, or ``get_embeddings`` for their stored vectors too). Like every read of
+        documents by id it needs the backend: no cache or mirror answers it (decision 0022)."""
         wanted = checks.check_ids(ids)
         yield from self._maybe_flush()
         found: list[StoredDocument] = []
         for chunk in checks.id_chunks(wanted):
-            rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": chunk})
-            found += parse_documents(rows, rpcs.GET_DOCUMENTS.name)
+            rows = yield rpc.call({"external_ids": chunk})
+            found += parse_documents(rows, rpc.name, vectors=rpc.vectors)
         return order_by_ids(found, wanted)
 
     @operation("delete", rpcs.DELETE_DOCUMENTS, rows=int)

@@ -80,7 +80,9 @@ def parse_hybrid_rows(result: Any) -> list[HybridSearchResult]:
         ]
 
 
-def parse_stored_document(row: Mapping[str, Any]) -> StoredDocument:
+def parse_stored_document(row: Mapping[str, Any], *, vectors: bool = False) -> StoredDocument:
+    """A document row; with ``vectors``, its ``embedding`` column fills ``StoredDocument.embedding``
+    (only ``get_embeddings`` is asked for that: other rows' vectors are the mirror's or a backup's)."""
     owner = row.get("owner_id")
     return StoredDocument(
         id=row["external_id"],
@@ -89,12 +91,13 @@ def parse_stored_document(row: Mapping[str, Any]) -> StoredDocument:
         content_hash=row["content_hash"],
         owner_id=str(owner) if owner is not None else None,
         updated_at=row.get("updated_at"),
+        embedding=row["embedding"] if vectors else None,
     )
 
 
-def parse_documents(result: Any, rpc: str) -> list[StoredDocument]:
+def parse_documents(result: Any, rpc: str, *, vectors: bool = False) -> list[StoredDocument]:
     with _response(rpc):
-        return [parse_stored_document(row) for row in _rows(result, rpc)]
+        return [parse_stored_document(row, vectors=vectors) for row in _rows(result, rpc)]
 
 
 def order_by_ids(documents: Iterable[StoredDocument], ids: Sequence[str]) -> list[StoredDocument]:

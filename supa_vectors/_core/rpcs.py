@@ -38,6 +38,7 @@ __all__ = [
     "FINISH_BULK_LOAD",
     "FINISH_INGEST_RUN",
     "GET_DOCUMENTS",
+    "GET_EMBEDDINGS",
     "HYBRID_SEARCH",
     "LIST_DOCUMENTS",
     "LIST_INGEST_RUNS",
@@ -72,6 +73,8 @@ class Rpc:
 MATCH_DOCUMENTS = Rpc("match_documents", idempotent=True, vectors=True)
 HYBRID_SEARCH = Rpc("hybrid_search", idempotent=True, vectors=True)
 GET_DOCUMENTS = Rpc("get_documents", idempotent=True)
+# get_documents' rows plus each one's stored vector (``VectorStore.get(ids, with_vectors=True)``).
+GET_EMBEDDINGS = Rpc("get_embeddings", idempotent=True, vectors=True)
 LIST_DOCUMENTS = Rpc("list_documents", idempotent=True, vectors=True)
 COUNT_DOCUMENTS = Rpc("count_documents", scalar=True, idempotent=True)
 STORE_STATS = Rpc("store_stats", scalar=True, idempotent=True)
@@ -101,6 +104,7 @@ RPCS: Mapping[str, Rpc] = {
         MATCH_DOCUMENTS,
         HYBRID_SEARCH,
         GET_DOCUMENTS,
+        GET_EMBEDDINGS,
         LIST_DOCUMENTS,
         COUNT_DOCUMENTS,
         STORE_STATS,

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from supa_vectors._models import HybridSearchResult, SearchResult
+from supa_vectors._core.flows import run_embedder
+from supa_vectors._models import HybridSearchResult, SearchResult, StoredDocument
 from supa_vectors._store import AsyncVectorStore, VectorStore
-from supa_vectors.errors import ConfigurationError, InvalidInputError
+from supa_vectors.cache.breaker import is_outage
+from supa_vectors.errors import ConfigurationError, InvalidInputError, SupaVectorsError
 
-__all__ = ["OFFLINE_KEY", "StorePair", "check_options", "missing_framework", "result_metadata"]
+__all__ = [
+    "OFFLINE_KEY",
+    "StorePair",
+    "acandidate_vectors",
+    "astore_embed",
+    "candidate_vectors",
+    "check_options",
+    "missing_framework",
+    "result_metadata",
+    "store_embed",
+]
 
 # The metadata key an answer from the cache or the mirror carries: LangChain's loaders already use
 # metadata["source"] for the file a text came from, so the offline markers live under a key of ours.
@@ -34,6 +47,88 @@ def result_metadata(result: SearchResult | HybridSearchResult) -> dict[str, Any]
             "age_seconds": result.age_seconds,
         }
     return metadata
+
+
+Vectors = list[list[float]]
+
+
+def candidate_vectors(
+    store: VectorStore, candidates: list[SearchResult], embed: Callable[[list[str]], Vectors]
+) -> tuple[list[SearchResult], Vectors]:
+    """MMR's candidates with their stored vectors (one ``get(ids, with_vectors=True)`` call).
+
+    Offline (the search was answered stale, or the read fails as unreachable) no stored vector can be
+    read, so the candidates' content is embedded by ``embed`` instead: the only vectors at hand, on an
+    answer already marked stale (decision 0022).
+    """
+    if _reads_stored_vectors(candidates):
+        try:
+            stored = store.get([c.id for c in candidates], with_vectors=True)
+        except SupaVectorsError as exc:
+            _unless_outage(exc)
+        else:
+            return _with_stored_vectors(candidates, stored)
+    return candidates, (embed([c.content for c in candidates]) if candidates else [])
+
+
+async def acandidate_vectors(
+    store: AsyncVectorStore, candidates: list[SearchResult], embed: Callable[[list[str]], Awaitable[Vectors]]
+) -> tuple[list[SearchResult], Vectors]:
+    """See :func:`candidate_vectors`."""
+    if _reads_stored_vectors(candidates):
+        try:
+            stored = await store.get([c.id for c in candidates], with_vectors=True)
+        except SupaVectorsError as exc:
+            _unless_outage(exc)
+        else:
+            return _with_stored_vectors(candidates, stored)
+    return candidates, ((await embed([c.content for c in candidates])) if candidates else [])
+
+
+def _reads_stored_vectors(candidates: Sequence[SearchResult]) -> bool:
+    """Whether to ask the backend for the candidates' vectors: not when there are none, nor when the
+    search was answered offline (the backend was just found unreachable)."""
+    return bool(candidates) and not any(c.stale for c in candidates)
+
+
+def _unless_outage(exc: SupaVectorsError) -> None:
+    if not is_outage(exc):
+        raise exc
+
+
+def _with_stored_vectors(
+    candidates: Sequence[SearchResult], stored: Sequence[StoredDocument]
+) -> tuple[list[SearchResult], Vectors]:
+    """The candidates paired with their stored vectors. One deleted (or left without a vector) between
+    the search and the read is dropped: it no longer exists to be recommended. Under an id held both
+    by the caller and as a shared document, the caller's own vector wins, as in ``get``."""
+    vectors: dict[str, list[float]] = {}
+    for doc in stored:
+        if doc.embedding is not None:
+            vectors.setdefault(doc.id, doc.embedding)
+    kept = [c for c in candidates if c.id in vectors]
+    return kept, [vectors[c.id] for c in kept]
+
+
+def store_embed(store: VectorStore) -> Callable[[list[str]], Vectors]:
+    """Embed texts with ``store``'s own embedder (checked against the store's model)."""
+
+    def embed(texts: list[str]) -> Vectors:
+        vectors: Vectors = run_embedder(store._checked_embedder(store.settings()), texts).tolist()
+        return vectors
+
+    return embed
+
+
+def astore_embed(store: AsyncVectorStore) -> Callable[[list[str]], Awaitable[Vectors]]:
+    """See :func:`store_embed` (the embedder runs in a worker thread)."""
+
+    async def embed(texts: list[str]) -> Vectors:
+        embedder = store._checked_embedder(await store.settings())
+        vectors: Vectors = await asyncio.to_thread(lambda: run_embedder(embedder, texts).tolist())
+        return vectors
+
+    return embed
 
 
 def check_options(operation: str, given: Mapping[str, Any], known: frozenset[str]) -> None:

@@ -36,7 +36,16 @@ from supa_vectors._models import HybridSearchResult, SearchResult, StoredDocumen
 from supa_vectors._store import AsyncVectorStore
 from supa_vectors._store import VectorStore as Store
 from supa_vectors.errors import ConfigurationError, InvalidInputError
-from supa_vectors.integrations._shared import StorePair, check_options, missing_framework, result_metadata
+from supa_vectors.integrations._shared import (
+    StorePair,
+    acandidate_vectors,
+    astore_embed,
+    candidate_vectors,
+    check_options,
+    missing_framework,
+    result_metadata,
+    store_embed,
+)
 
 try:
     from langchain_core.callbacks import (
@@ -246,12 +255,9 @@ class SupaVectorsVectorStore(VectorStore):
     def max_marginal_relevance_search(
         self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
     ) -> list[Document]:
-        """Maximal marginal relevance over the ``fetch_k`` candidates the store returns.
-
-        The search RPC returns no vectors (and the adapters add no SQL), so the candidates' vectors
-        are computed again from their content by the embedder that wrote them: the same vectors, for
-        ``fetch_k`` short texts (decision 0022).
-        """
+        """Maximal marginal relevance over the ``fetch_k`` candidates the store returns, compared by
+        the vectors stored for them (one ``get(ids, with_vectors=True)`` call; nothing is embedded
+        but the query). Offline, the candidates' content is embedded instead (decision 0022)."""
         vector = (
             self._embed_texts([query])[0] if self._embedding is None else self._embedding.embed_query(query)
         )
@@ -275,9 +281,11 @@ class SupaVectorsVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
     ) -> list[Document]:
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
-        candidates = self._stores.sync.search(embedding, k=max(k, fetch_k), **kwargs)
-        vectors = self._embed_texts([c.content for c in candidates]) if candidates else []
-        return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
+        store = self._stores.sync
+        candidates = store.search(embedding, k=max(k, fetch_k), **kwargs)
+        return _most_relevant(
+            embedding, *candidate_vectors(store, candidates, self._embed_texts), k, lambda_mult
+        )
 
     async def amax_marginal_relevance_search_by_vector(
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
@@ -296,8 +304,8 @@ class SupaVectorsVectorStore(VectorStore):
             return result
         check_options("max_marginal_relevance_search", kwargs, _MMR_OPTIONS)
         candidates = await store.search(embedding, k=max(k, fetch_k), **kwargs)
-        vectors = await self._aembed_texts([c.content for c in candidates]) if candidates else []
-        return _most_relevant(embedding, candidates, vectors, k, lambda_mult)
+        found = await acandidate_vectors(store, candidates, self._aembed_texts)
+        return _most_relevant(embedding, *found, k, lambda_mult)
 
     def hybrid_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """Full-text and vector rankings fused (the SDK's ``hybrid_search``): ``filter=``,
@@ -385,24 +393,18 @@ class SupaVectorsVectorStore(VectorStore):
             )
 
     def _embed_texts(self, texts: list[str]) -> list[list[float]]:
-        """Vectors of ``texts`` by whoever embeds this adapter's documents."""
+        """Vectors of ``texts`` by whoever embeds this adapter's documents (the MMR query; offline,
+        the MMR candidates too)."""
         if self._embedding is not None:
             return self._embedding.embed_documents(texts)
-        store = self._stores.sync
-        embedder = store._checked_embedder(store.settings())
-        vectors: list[list[float]] = run_embedder(embedder, texts).tolist()
-        return vectors
+        return store_embed(self._stores.sync)(texts)
 
     async def _aembed_texts(self, texts: list[str]) -> list[list[float]]:
         if self._embedding is not None:
             return await self._embedding.aembed_documents(texts)
         store = self._stores.async_store
         assert store is not None  # callers without one ran the blocking method instead
-        embedder = store._checked_embedder(await store.settings())
-        vectors: list[list[float]] = await run_in_executor(
-            None, lambda: run_embedder(embedder, texts).tolist()
-        )
-        return vectors
+        return await astore_embed(store)(texts)
 
 
 class SupaVectorsRetriever(VectorStoreRetriever):

@@ -20,9 +20,10 @@ the node's metadata plus LlamaIndex's own keys (``_node_content`` with the relat
 round-trip and ``delete(ref_doc_id)`` is a metadata filter. ``MetadataFilters`` (nested, AND/OR/NOT)
 become the SDK's filter grammar (:func:`to_filter`); the search is the store's own (filtered exact
 scans or iterative HNSW, never a post-filter). Query modes: ``DEFAULT`` (dense), ``HYBRID`` (the
-SDK's hybrid search; ``alpha`` weighs vector against full text) and ``TEXT_SEARCH`` (its full-text
-ranking alone). Hybrid and text search embed the query text with the store's embedder, so the index's
-``embed_model`` should be the store's model (:class:`SupaVectorsEmbedding`).
+SDK's hybrid search; ``alpha`` weighs vector against full text), ``TEXT_SEARCH`` (its full-text
+ranking alone) and ``MMR`` (over the dense candidates, by their stored vectors). Hybrid and text
+search embed the query text with the store's embedder, so the index's ``embed_model`` should be the
+store's model (:class:`SupaVectorsEmbedding`).
 """
 
 from __future__ import annotations
@@ -36,11 +37,22 @@ from supa_vectors._core.settings import EmbedderLike
 from supa_vectors._models import Document, HybridSearchResult, SearchResult, StoredDocument
 from supa_vectors._store import AsyncVectorStore, VectorStore
 from supa_vectors.errors import FilterError, InvalidInputError
-from supa_vectors.integrations._shared import OFFLINE_KEY, StorePair, missing_framework, result_metadata
+from supa_vectors.integrations._shared import (
+    OFFLINE_KEY,
+    StorePair,
+    acandidate_vectors,
+    astore_embed,
+    candidate_vectors,
+    check_options,
+    missing_framework,
+    result_metadata,
+    store_embed,
+)
 
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.bridge.pydantic import PrivateAttr
+    from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
     from llama_index.core.schema import BaseNode, MetadataMode, TextNode
     from llama_index.core.vector_stores.types import (
         BasePydanticVectorStore,
@@ -61,7 +73,16 @@ __all__ = ["SupaVectorsEmbedding", "SupaVectorsVectorStore", "to_filter"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_QUERY_MODES = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID, VectorStoreQueryMode.TEXT_SEARCH)
+_QUERY_MODES = (
+    VectorStoreQueryMode.DEFAULT,
+    VectorStoreQueryMode.HYBRID,
+    VectorStoreQueryMode.TEXT_SEARCH,
+    VectorStoreQueryMode.MMR,
+)
+# LlamaIndex's MMR options (``vector_store_kwargs``): the relevance weight, and how many candidates
+# to fetch (``mmr_prefetch_k``, else ``mmr_prefetch_factor`` times ``similarity_top_k``).
+_MMR_OPTIONS = frozenset({"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor"})
+_MMR_PREFETCH_FACTOR = 4.0
 
 
 class SupaVectorsEmbedding(BaseEmbedding):
@@ -199,10 +220,18 @@ class SupaVectorsVectorStore(BasePydanticVectorStore):
         return [_node(doc.id, doc.content, doc.metadata) for doc in found]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """Dense, hybrid or full-text search (``query.mode``), with ``query.filters`` in the store."""
-        _no_options("query", kwargs)
+        """Dense, hybrid, full-text or MMR search (``query.mode``), with ``query.filters`` in the store.
+
+        MMR runs over the candidates a dense search returns, compared by their stored vectors (one
+        ``get(ids, with_vectors=True)`` call; offline, their text embedded by the store)."""
         store = self._stores.sync
         mode, text, vector, k, filter, tuning = _plan(query)
+        if mode == VectorStoreQueryMode.MMR:
+            fetch_k, threshold = _mmr_options(query, k, kwargs)
+            candidates = store.search(_mmr_query(vector), k=fetch_k, filter=filter)
+            found = candidate_vectors(store, candidates, store_embed(store))
+            return _mmr_result(_mmr_query(vector), *found, k, threshold)
+        _no_options("query", kwargs)
         if mode == VectorStoreQueryMode.DEFAULT:
             return _result(store.search(vector if vector is not None else text, k=k, filter=filter))
         return _result(store.hybrid_search(text, k=k, filter=filter, **tuning))
@@ -211,8 +240,13 @@ class SupaVectorsVectorStore(BasePydanticVectorStore):
         store = self._stores.async_store
         if store is None:
             return await _in_thread(self.query, query, **kwargs)
-        _no_options("query", kwargs)
         mode, text, vector, k, filter, tuning = _plan(query)
+        if mode == VectorStoreQueryMode.MMR:
+            fetch_k, threshold = _mmr_options(query, k, kwargs)
+            candidates = await store.search(_mmr_query(vector), k=fetch_k, filter=filter)
+            found = await acandidate_vectors(store, candidates, astore_embed(store))
+            return _mmr_result(_mmr_query(vector), *found, k, threshold)
+        _no_options("query", kwargs)
         if mode == VectorStoreQueryMode.DEFAULT:
             return _result(await store.search(vector if vector is not None else text, k=k, filter=filter))
         return _result(await store.hybrid_search(text, k=k, filter=filter, **tuning))
@@ -360,7 +394,7 @@ def _plan(
     """What to ask the store for ``query``, checked before anything is sent."""
     if query.mode not in _QUERY_MODES:
         raise InvalidInputError(
-            f"query mode {query.mode.value!r} is not offered; use default, hybrid or text_search"
+            f"query mode {query.mode.value!r} is not offered; use default, hybrid, text_search or mmr"
         )
     if query.node_ids:
         raise InvalidInputError("querying a subset of node_ids is not offered; filter on metadata instead")
@@ -370,7 +404,9 @@ def _plan(
         filters = {"$and": [filters, by_doc]} if filters else by_doc
     text = query.query_str or ""
     k = query.similarity_top_k
-    if query.mode == VectorStoreQueryMode.DEFAULT:
+    if query.mode == VectorStoreQueryMode.MMR and query.query_embedding is None:
+        raise InvalidInputError("an MMR query needs query_embedding")
+    if query.mode in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
         if query.query_embedding is None and not text:
             raise InvalidInputError("a dense query needs query_embedding or query_str")
         return query.mode, text, query.query_embedding, k, filters, {}
@@ -382,6 +418,39 @@ def _plan(
     elif query.alpha is not None:  # LlamaIndex: 0 is keyword search only, 1 vector search only
         tuning = {"full_text_weight": 1.0 - query.alpha, "semantic_weight": query.alpha}
     return query.mode, text, None, query.hybrid_top_k or k, filters, tuning
+
+
+def _mmr_options(query: VectorStoreQuery, k: int, given: dict[str, Any]) -> tuple[int, float | None]:
+    """How many candidates an MMR query fetches, and its relevance weight (LlamaIndex's names)."""
+    check_options("an MMR query", given, _MMR_OPTIONS)
+    threshold = given.get("mmr_threshold", query.mmr_threshold)
+    fetch_k = given.get("mmr_prefetch_k") or int(k * given.get("mmr_prefetch_factor", _MMR_PREFETCH_FACTOR))
+    return max(k, fetch_k), threshold
+
+
+def _mmr_query(vector: list[float] | None) -> list[float]:
+    assert vector is not None  # _plan refused an MMR query without one
+    return vector
+
+
+def _mmr_result(
+    query: list[float],
+    candidates: list[SearchResult],
+    vectors: list[list[float]],
+    k: int,
+    threshold: float | None,
+) -> VectorStoreQueryResult:
+    """LlamaIndex's own MMR selection over the candidates; similarities stay the search's cosines."""
+    if not candidates:
+        return _result([])
+    _, chosen = get_top_k_mmr_embeddings(
+        query,
+        vectors,
+        similarity_top_k=k,
+        embedding_ids=list(range(len(candidates))),
+        mmr_threshold=threshold,
+    )
+    return _result([candidates[i] for i in chosen])
 
 
 def _result(results: Sequence[SearchResult | HybridSearchResult]) -> VectorStoreQueryResult:
