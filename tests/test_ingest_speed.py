@@ -205,3 +205,22 @@ def test_chunks_never_exceed_what_the_rpcs_take() -> None:
     assert max(looked_up) <= ID_CHUNK_SIZE
     assert sum(looked_up) == 1500
     assert [r.id for r in results] == [d.id for d in prepared]
+
+
+def test_the_lookup_finds_each_owners_row_under_a_shared_id(conn: psycopg.Connection) -> None:
+    """Existing rows are found by (owner, id) through the key's two shapes (an owner, or none): the
+    shared row and a user's own row under the same id are each updated only by their writer."""
+    record = {"external_id": "same", "content": "first"}
+    act_as(conn, Identity.service())
+    assert statuses(conn, [record], [vector(1)]) == ["inserted"]
+    act_as(conn, Identity.user(USER_A))
+    assert statuses(conn, [record], [vector(2)]) == ["inserted"]
+    assert statuses(conn, [record], [vector(2)]) == ["unchanged"]
+    assert statuses(conn, [{**record, "content": "user's second"}], [vector(3)]) == ["updated"]
+    act_as(conn, Identity.service())
+    assert statuses(conn, [record], [vector(1)]) == ["unchanged"]
+    assert statuses(conn, [{**record, "content": "shared second"}], [vector(4)]) == ["updated"]
+    rows = conn.execute(
+        "select owner_id is null, content from public.documents where external_id = 'same' order by 1"
+    ).fetchall()
+    assert rows == [(False, "user's second"), (True, "shared second")]

@@ -6,7 +6,10 @@
 --   * the NUL search runs once over the batch's text, and per record only when it finds one;
 --   * the content hash is written out inline: supa_vectors_internal.content_hash (still what the
 --     documents.content_hash column computes) cannot be inlined because of its SET clause;
---   * the scratch table is created once per session (on commit delete rows) instead of per call.
+--   * the scratch table is created once per session (on commit delete rows) instead of per call;
+--   * existing documents are found through the (owner_id, external_id) key and new ones' ids come from
+--     the insert's RETURNING: both steps joined on "owner_id is not distinct from", which no index
+--     serves, and hashed the whole documents table on every call (the cost grew with the store).
 
 create or replace function public.bulk_upsert(
   documents json,
@@ -160,13 +163,24 @@ begin
   end if;
 
   -- What is there now (locked, so a concurrent batch cannot interleave between check and write).
+  -- Found through the (owner_id, external_id) key one record at a time: a join on "owner_id is not
+  -- distinct from" cannot use that index, so it hashed the whole documents table on every call (160 ms
+  -- a call at 100k rows, growing with the store). The two branches are the key's two shapes (an owner,
+  -- or none: a shared document); the record's owner_id decides which one runs.
   update pg_temp.supa_vectors_rows b
      set previous_id = d.id, previous_hash = d.content_hash, previous_metadata = d.metadata,
          has_embedding = exists (select 1 from public.embeddings e where e.document_id = d.id and e.model = model_name)
     from (select d.id, d.external_id, d.owner_id, d.content_hash, d.metadata
             from public.documents d
-            join pg_temp.supa_vectors_rows x
-              on d.external_id = x.external_id and d.owner_id is not distinct from x.owner_id
+           where d.id = any (array(
+                   select m.id
+                     from pg_temp.supa_vectors_rows x
+                    cross join lateral (
+                      select k.id from public.documents k
+                       where x.owner_id is not null and k.owner_id = x.owner_id and k.external_id = x.external_id
+                      union all
+                      select k.id from public.documents k
+                       where x.owner_id is null and k.owner_id is null and k.external_id = x.external_id) m))
              for update of d) d
    where d.external_id = b.external_id and d.owner_id is not distinct from b.owner_id;
 
@@ -215,22 +229,29 @@ begin
   perform pg_catalog.set_config('supa_vectors.ingest_run', coalesce(batch_run, ''), true);
   perform pg_catalog.set_config('supa_vectors.ingest_model', model_name, true);
 
-  insert into public.documents (external_id, owner_id, content, metadata)
-  select b.external_id, b.owner_id, b.content, b.metadata
-    from pg_temp.supa_vectors_rows b
-   where b.previous_id is null
-   order by b.ordinal;
+  -- New documents, and their ids from what the insert returns (looking them up by key again hashed the
+  -- whole table, like the lookup above).
+  with inserted as (
+    insert into public.documents (external_id, owner_id, content, metadata)
+    select b.external_id, b.owner_id, b.content, b.metadata
+      from pg_temp.supa_vectors_rows b
+     where b.previous_id is null
+     order by b.ordinal
+    returning id, external_id, owner_id
+  )
+  update pg_temp.supa_vectors_rows b
+     set previous_id = i.id
+    from inserted i
+   where b.previous_id is null and i.external_id = b.external_id and i.owner_id is not distinct from b.owner_id;
 
+  -- Changed documents, reached through their primary key.
   update public.documents d
      set content = b.content, metadata = b.metadata
     from pg_temp.supa_vectors_rows b
-   where d.id = b.previous_id
+   where d.id = any (array(select x.previous_id from pg_temp.supa_vectors_rows x
+                            where x.previous_hash <> x.content_hash or x.previous_metadata <> x.metadata))
+     and d.id = b.previous_id
      and (b.previous_hash <> b.content_hash or b.previous_metadata <> b.metadata);
-
-  update pg_temp.supa_vectors_rows b
-     set previous_id = coalesce(b.previous_id, d.id)
-    from public.documents d
-   where b.previous_id is null and d.external_id = b.external_id and d.owner_id is not distinct from b.owner_id;
 
   insert into public.embeddings as e (document_id, model, embedding)
   select b.previous_id, model_name, b.embedding
