@@ -102,9 +102,37 @@ def _int_problem(value: int, where: str) -> str | None:
     return None
 
 
+def _storable(value: Any, max_depth: int, depth: int) -> bool:
+    """True when :func:`json_problem` would find nothing; builds no paths, so the common case (every
+    document's metadata) costs one walk. False sends the caller to the walk that names the problem."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and (value.isascii() or unencodable_at(value) is None)
+    if value is None or kind is bool:
+        return True
+    if kind is int:
+        return bool(value.bit_length() < 2000)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return depth <= max_depth and all(
+            type(key) is str and _storable(key, max_depth, depth) and _storable(item, max_depth, depth + 1)
+            for key, item in value.items()
+        )
+    if kind is list:
+        return depth <= max_depth and all(_storable(item, max_depth, depth + 1) for item in value)
+    return False  # subclasses, tuples, other mappings: the full walk decides
+
+
 def json_problem(value: Any, where: str, *, max_depth: int = MAX_JSON_DEPTH, depth: int = 1) -> str | None:
     """Why jsonb cannot (or should not) hold ``value``: NUL, lone surrogates, NaN, huge integers,
     non-string keys, non-JSON types, nesting deeper than ``max_depth``. None when it can."""
+    if _storable(value, max_depth, depth):
+        return None
+    return _json_problem(value, where, max_depth=max_depth, depth=depth)
+
+
+def _json_problem(value: Any, where: str, *, max_depth: int, depth: int) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -133,7 +161,7 @@ def json_problem(value: Any, where: str, *, max_depth: int = MAX_JSON_DEPTH, dep
                 sub = f"{where}.{key}"
             else:
                 sub = f"{where}{key}"
-            problem = json_problem(item, sub, max_depth=max_depth, depth=depth + 1)  # key checked above
+            problem = _json_problem(item, sub, max_depth=max_depth, depth=depth + 1)  # key checked above
             if problem:
                 return problem
         return None

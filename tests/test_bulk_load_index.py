@@ -34,7 +34,7 @@ from tests.conftest import REPO_ROOT, FakeEmbedder, bulk_load_min_rows
 from tests.test_migrate import rows, scratch_database, write_json
 
 INDEX = "public.embeddings_embedding_hnsw_idx"
-# Embedder calls per written chunk: the upsert flow embeds a 500-row chunk 64 texts at a time.
+# Embedder calls per written chunk: the upsert flow embeds a full chunk 64 texts at a time.
 CALLS_PER_CHUNK = -(-MAX_ROWS_PER_REQUEST // EMBED_BATCH_SIZE)
 
 
@@ -232,7 +232,7 @@ def test_postgres_killed_mid_load_reports_queued_rows_and_local_start_restores_t
     own_stack: LocalStack, tmp_path: Path
 ) -> None:
     url = own_stack.start()
-    count = 1500  # three 500-row chunks; the index is dropped (the store is empty)
+    count = 3 * MAX_ROWS_PER_REQUEST  # three chunks; the index is dropped (the store is empty)
     store = VectorStore(
         PostgresTransport(url, timeout=2),
         embedder=KillsTheServer(own_stack, url),
@@ -243,8 +243,8 @@ def test_postgres_killed_mid_load_reports_queued_rows_and_local_start_restores_t
         results = store.upsert(docs(count), bulk=True)  # before: BackendUnavailableError from the cleanup
         statuses = [r.status for r in results]
         assert len(results) == count
-        assert statuses.count("inserted") == 1000
-        assert statuses.count("queued") == 500
+        assert statuses.count("inserted") == 2 * MAX_ROWS_PER_REQUEST
+        assert statuses.count("queued") == MAX_ROWS_PER_REQUEST
         assert len(store.pending()) > 0
 
         assert own_stack.start() == url  # restarts, and finishes the load the crash cut short
@@ -252,7 +252,7 @@ def test_postgres_killed_mid_load_reports_queued_rows_and_local_start_restores_t
         assert rows(url, "select count(*) from supa_vectors_internal.bulk_load") == [(0,)]
 
         flushed = store.flush()
-        assert (flushed.upserted, flushed.remaining, flushed.rejected) == (500, 0, ())
+        assert (flushed.upserted, flushed.remaining, flushed.rejected) == (MAX_ROWS_PER_REQUEST, 0, ())
         stats = store.stats()
     assert stats.vector_index is True
     assert stats.embeddings == count

@@ -228,17 +228,17 @@ def test_caller_supplied_embedding_is_used_instead_of_the_embedder(
 
 def test_large_upsert_goes_in_several_requests(store: Store, embedder: FakeEmbedder) -> None:
     docs = [
-        {"id": f"doc-{i:04d}", "content": f"document number {i}", "metadata": {"i": i}} for i in range(620)
+        {"id": f"doc-{i:04d}", "content": f"document number {i}", "metadata": {"i": i}} for i in range(1250)
     ]
     assert {r.status for r in store.add(docs)} == {"inserted"}
-    assert store.count() == 620
-    assert len(embedder.texts) == 620
-    # The Postgres transport sends vectors in binary, so rows bind (500), not bytes; each chunk embeds
-    # in batches
+    assert store.count() == 1250
+    assert len(embedder.texts) == 1250
+    # The Postgres transport sends vectors in binary, so rows bind (1,000: what bulk_upsert takes), not
+    # bytes; each chunk embeds in batches
     chunks = _rpc.plan_chunks(
         _rpc.prepare_documents(docs), DIM, vector_bytes_per_float=_rpc.BINARY_BYTES_PER_FLOAT
     )
-    assert [len(c) for c in chunks] == [500, 120]
+    assert [len(c) for c in chunks] == [1000, 250]
     assert embedder.calls == sum(-(-len(c) // _rpc.EMBED_BATCH_SIZE) for c in chunks)
 
 
@@ -686,10 +686,10 @@ def drive(flow: Any, replies: Callable[[Any], Any]) -> Any:
 
 def test_chunks_respect_row_and_byte_limits() -> None:
     small = _rpc.prepare_documents([f"doc {i}" for i in range(1200)])
-    assert [len(c) for c in _rpc.plan_chunks(small, 8)] == [500, 500, 200]  # short vectors: rows bind
+    assert [len(c) for c in _rpc.plan_chunks(small, 8)] == [1000, 200]  # short vectors: rows bind
     assert max(len(c) for c in _rpc.plan_chunks(small, DIM)) < 250  # 384-dim vectors as JSON: bytes bind
     binary = _rpc.plan_chunks(small, DIM, vector_bytes_per_float=_rpc.BINARY_BYTES_PER_FLOAT)
-    assert [len(c) for c in binary] == [500, 500, 200]  # in binary: rows bind again
+    assert [len(c) for c in binary] == [1000, 200]  # in binary: rows bind again
     big = _rpc.prepare_documents([f"{i} " + "x" * 300_000 for i in range(20)])
     chunks = _rpc.plan_chunks(big, DIM)
     assert sum(len(c) for c in chunks) == 20

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from supa_vectors._core import rpcs
+from supa_vectors._core.checks import id_chunks
 from supa_vectors._core.ops import EmbedCall, Flow
 from supa_vectors._core.rows import _response, _rows
 from supa_vectors._core.settings import StoreSettings
@@ -65,8 +66,9 @@ __all__ = [
     "vector_request_bytes",
 ]
 
-# bulk_upsert accepts 1000 rows; half leaves room and keeps one failed call cheap to redo.
-MAX_ROWS_PER_REQUEST = 500
+# What bulk_upsert takes per call by default (max_batch_size in metadata_global); upsert_flow uses the
+# store's own setting. Half of it cost 11% of an upsert in per-call work for nothing (decision 0024).
+MAX_ROWS_PER_REQUEST = 1000
 # PostgREST (and the proxies in front of it) refuse large bodies; stay far below the usual limits.
 MAX_REQUEST_BYTES = 2_000_000
 # A float32 written as JSON by Python ("-0.012345678,") takes ~21 bytes: 384 floats ~ 8 kB. A transport
@@ -139,9 +141,36 @@ class PreparedDocument:
         return {"external_id": self.id, "content": self.content, "metadata": self.metadata}
 
 
-def _as_document(item: Any, index: int) -> Document:
+def _json_text_bytes(text: str) -> int:
+    """``len(json.dumps(text))`` without encoding the common text (printable ASCII, nothing to escape)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text) + 2
+    return len(json.dumps(text))
+
+
+def _json_bytes(doc_id: str, content: str, metadata: Mapping[str, Any]) -> int:
+    """``len(json.dumps(PreparedDocument.as_json()))``, exactly: what a chunk's JSON body grows by."""
+    # '{"external_id": ' + id + ', "content": ' + content + ', "metadata": ' + metadata + '}'
+    meta = len(json.dumps(metadata)) if metadata else 2
+    return 44 + _json_text_bytes(doc_id) + _json_text_bytes(content) + meta
+
+
+def _array_vector(value: Any) -> npt.NDArray[np.float32] | None:
+    """A caller's 1-d numeric ndarray as a float32 copy, the same values the ``list[float]`` field gives
+    (integers go through float64 first, as Python ints do); None for anything else, which then goes
+    through pydantic (and its messages) as before. Spares a 384-float list per document (decision 0024).
+    """
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "fiu":
+        return None
+    if value.dtype.kind != "f":
+        value = value.astype(np.float64)
+    return np.array(value, dtype=np.float32)
+
+
+def _as_document(item: Any, index: int) -> tuple[Document, npt.NDArray[np.float32] | None]:
+    """The checked document and its caller-supplied vector as float32 (None without one)."""
     if isinstance(item, Document):
-        return item
+        return item, (None if item.embedding is None else np.asarray(item.embedding, dtype=np.float32))
     if isinstance(item, str):
         item = {"content": item}
     if not isinstance(item, Mapping):
@@ -150,8 +179,11 @@ def _as_document(item: Any, index: int) -> Document:
             index=index,
         )
     raw_id = item.get("id")
+    vector = _array_vector(item.get("embedding"))
+    if vector is not None:
+        item = {key: value for key, value in item.items() if key != "embedding"}
     try:
-        return Document.model_validate(item)
+        doc = Document.model_validate(item)
     except ValidationError as exc:
         problems = printable(  # a misspelt key may hold a lone surrogate; the message must stay writable
             "; ".join(
@@ -163,6 +195,9 @@ def _as_document(item: Any, index: int) -> Document:
             index=index,
             document_id=raw_id if isinstance(raw_id, str) else None,
         ) from None
+    if vector is None and doc.embedding is not None:
+        vector = np.asarray(doc.embedding, dtype=np.float32)
+    return doc, vector
 
 
 def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> list[PreparedDocument]:
@@ -175,7 +210,7 @@ def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> lis
     prepared: list[PreparedDocument] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(documents):
-        doc = _as_document(item, index)
+        doc, vector = _as_document(item, index)
 
         def fail(problem: str, doc_id: str | None = doc.id, index: int = index) -> DocumentError:
             label = f"document {index}" + (f" (id {doc_id!r})" if doc_id is not None else "")
@@ -200,13 +235,8 @@ def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> lis
             what = "content (its id is derived from it)" if doc.id is None else "id"
             raise fail(f"the same {what} appears earlier in this call, at index {seen[doc_id]}", doc_id)
         seen[doc_id] = index
-        vector = None
-        if doc.embedding is not None:
-            vector = np.asarray(doc.embedding, dtype=np.float32)
-            if not np.isfinite(vector).all():
-                raise fail("embedding must contain only finite numbers (no NaN or infinity)", doc_id=doc_id)
-        encoded = content.encode("utf-8")
-        json_bytes = len(json.dumps({"external_id": doc_id, "content": content, "metadata": doc.metadata}))
+        if vector is not None and not np.isfinite(vector).all():
+            raise fail("embedding must contain only finite numbers (no NaN or infinity)", doc_id=doc_id)
         prepared.append(
             PreparedDocument(
                 index=index,
@@ -214,8 +244,8 @@ def prepare_documents(documents: Iterable[DocumentInput] | DocumentInput) -> lis
                 content=content,
                 metadata=dict(doc.metadata),
                 content_hash=digest,
-                content_bytes=len(encoded),
-                json_bytes=json_bytes,
+                content_bytes=len(content.encode("utf-8")),
+                json_bytes=_json_bytes(doc_id, content, doc.metadata),
                 embedding=vector,
             )
         )
@@ -405,12 +435,20 @@ def upsert_flow(
     """
     dimension = settings.embedding_dimension
     results: list[UpsertResult] = []
-    for chunk in plan_chunks(prepared, dimension, vector_bytes_per_float=vector_bytes_per_float):
+    max_rows = min(settings.max_batch_size, MAX_ROWS_PER_REQUEST)
+    for chunk in plan_chunks(
+        prepared, dimension, max_rows=max_rows, vector_bytes_per_float=vector_bytes_per_float
+    ):
         existing: dict[str, str] = {}
         if any(d.embedding is None for d in chunk):
-            rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": [d.id for d in chunk]})
+            # get_documents takes fewer ids than bulk_upsert takes documents: look up in its pieces.
+            found: list[Mapping[str, Any]] = []
+            for ids in id_chunks([d.id for d in chunk]):
+                rows = yield rpcs.GET_DOCUMENTS.call({"external_ids": ids})
+                with _response(rpcs.GET_DOCUMENTS.name):
+                    found.extend(_rows(rows, rpcs.GET_DOCUMENTS.name))
             with _response(rpcs.GET_DOCUMENTS.name):
-                existing = _existing_hashes(_rows(rows, rpcs.GET_DOCUMENTS.name), identity)
+                existing = _existing_hashes(found, identity)
         todo = [d for d in chunk if d.embedding is None and existing.get(d.id) != d.content_hash]
         embedded = yield from embed_flow([d.content for d in todo], dimension)
         fresh = {d.index: v for d, v in zip(todo, embedded, strict=True)}

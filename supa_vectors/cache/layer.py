@@ -46,7 +46,6 @@ from supa_vectors._core.telemetry import note_answer
 from supa_vectors._core.upsert import EMBED_BATCH_SIZE, PreparedDocument
 from supa_vectors._models import (
     DeleteCount,
-    Document,
     HybridSearchResult,
     SearchResult,
     UpsertResult,
@@ -675,12 +674,12 @@ class OfflineLayer:
             return len(_rows(rows, rpcs.DELETE_DOCUMENTS.name)), [Change(e.id, deleted=True) for e in batch]
         prepared = upsert.prepare_documents(
             [
-                Document(
-                    id=e.id,
-                    content=e.content or "",
-                    metadata=e.metadata or {},
-                    embedding=None if e.embedding is None else e.embedding.tolist(),
-                )
+                {
+                    "id": e.id,
+                    "content": e.content or "",
+                    "metadata": e.metadata or {},
+                    "embedding": e.embedding,
+                }
                 for e in batch
             ]
         )
