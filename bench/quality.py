@@ -76,7 +76,7 @@ def run(quick: bool) -> dict[str, float]:
     embed_rate: dict[str, float] = {}
     with bench_stack() as url:
         for variant in ("fp32", "int8"):
-            embedder = OnnxEmbedder(quantized=variant == "int8")
+            embedder = OnnxEmbedder(precision="int8" if variant == "int8" else "fp32")
             embedder.load()
             start = time.perf_counter()
             doc_vectors = embedder.embed([d.content for d in docs])
