@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,44 @@ def measure_child(engine: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+INTERLEAVED = ("fp32", "int8", "fe-fp32", "fe-int8")
+
+
+def measure_interleaved(spec: dict[str, Any]) -> dict[str, Any]:
+    """The onnxruntime engines loaded side by side in one process and run call by call in turn.
+
+    Fresh processes per engine (``measure_child``) see the machine's load change between them; here
+    every round embeds the whole batch with each engine in a rotating order, and every query is
+    embedded by each engine in turn, so a burst of outside load hits all of them alike. Per round and
+    per query the ratio to our fp32 is taken, and its median reported. Thread-pool spinning is off
+    for all of them here (it is onnxruntime's default, and what ``measure_child`` measures).
+    """
+    import onnxruntime as ort
+
+    class NoSpinning(ort.SessionOptions):  # type: ignore[misc]
+        """Every engine's session, ours and fastembed's: an idle pool must not spin on the two cores
+        the next engine is timed on (in separate processes this does not arise)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    ort.SessionOptions = NoSpinning
+    names = [n for n in INTERLEAVED if n in spec["engines"]]
+    engines = {n: load_engine(n, spec["threads"]) for n in names}
+    for embed in engines.values():
+        embed(spec["batch"][:8])
+    batch: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(spec["rounds"]):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            batch[name].append(_time(lambda e=engines[name]: e(spec["batch"])))
+    query: dict[str, list[float]] = {n: [] for n in names}
+    for i, text in enumerate(spec["queries"]):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            query[name].append(_time(lambda e=engines[name], t=text: e([t])) * 1000)
+    return {"batch_s": batch, "query_ms": query}
+
+
 def run_child(engine: str, spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.embedding", "--child", engine],
@@ -340,6 +379,9 @@ def run(quick: bool) -> dict[str, float]:
         report.figure(f"numpy float32 GEMM beside {labels[name]}", peak, "GFLOP/s")
         report.figure(f"{labels[name]}", rate, "GFLOP/s", {"share of numpy GEMM": ratio(rate, peak)})
 
+    if not quick:
+        interleaved(report, spec, names, labels)
+
     mem = {n: max(r["peak_mb"] for r in runs[n]) for n in names}
     report.heading("peak RSS of the process that loads the engine and runs all of the above (MB)")
     for name in names:
@@ -349,6 +391,35 @@ def run(quick: bool) -> dict[str, float]:
     for name in names:
         report.figure(f"{labels[name]} load", load[name], "s", vs(name, load))
     return report.values
+
+
+def interleaved(report: Report, spec: dict[str, Any], names: list[str], labels: dict[str, str]) -> None:
+    """Report ``measure_interleaved``: one process, engines in turn, paired ratios to our fp32."""
+    engines = [n for n in INTERLEAVED if n in names]
+    result = run_child("interleaved", {**spec, "engines": engines, "rounds": 5})
+    report.heading(
+        f"one process, engines in turn: {len(spec['batch'])} texts per call x 5 rounds, then each of "
+        f"{len(spec['queries'])} queries by every engine (median of per-round / per-query ratios); "
+        f"load average {_load()}"
+    )
+    batch, query = result["batch_s"], result["query_ms"]
+    for name in engines:
+        rate = len(spec["batch"]) / float(np.median(batch[name]))
+        paired = np.median(np.asarray(batch["fp32"]) / np.asarray(batch[name]))
+        report.figure(
+            f"{labels[name]} texts/s, in turn",
+            rate,
+            "sent/s",
+            {} if name == "fp32" else {f"{name}/fp32": float(paired)},
+        )
+    for name in engines:
+        paired = np.median(np.asarray(query[name]) / np.asarray(query["fp32"]))
+        report.figure(
+            f"{labels[name]} query p50, in turn",
+            percentile(query[name], 50),
+            "ms",
+            {} if name == "fp32" else {f"{name}/fp32": float(paired)},
+        )
 
 
 def _load() -> str:
@@ -361,7 +432,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(sys.stdin.read())
-        print(json.dumps(measure_child(args.child, spec)))
+        measure = measure_interleaved if args.child == "interleaved" else partial(measure_child, args.child)
+        print(json.dumps(measure(spec)))
 
 
 if __name__ == "__main__":
