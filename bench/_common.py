@@ -253,13 +253,13 @@ def ratio(a: float, b: float) -> float:
 
 def cpu_features() -> str:
     """The SIMD features numpy, onnxruntime and pgvector can use here: every figure depends on them, and
-    the machines this runs on differ (AVX2 only, or AVX-512 with VNNI), so each run prints them."""
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in wanted if f in flags) or "none of sse4.2/avx*"
-    except OSError:
-        pass
-    return "unknown"
+    the machines this runs on differ (AVX2 only, or AVX-512 with VNNI), so each run prints them. Read
+    as ``OnnxEmbedder`` reads them to pick its int8 or fp32 graph."""
+    from supa_vectors.embedding.precision import INT8_DOT_PRODUCT
+    from supa_vectors.embedding.precision import cpu_features as read
+
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", *INT8_DOT_PRODUCT)
+    flags = read()
+    if not flags:
+        return "unknown"
+    return " ".join(f for f in wanted if f in flags) or "none of sse4.2/avx*"

@@ -93,7 +93,7 @@ def cosines(a: Vectors, b: Vectors) -> Vectors:
 
 def make_engine(name: str, model_dir: Path | None) -> Callable[[Sequence[str]], Vectors]:
     if name.startswith("onnx-"):
-        embedder = OnnxEmbedder(quantized=name == "onnx-int8", model_dir=model_dir)
+        embedder = OnnxEmbedder(precision="int8" if name == "onnx-int8" else "fp32", model_dir=model_dir)
         embedder.load()
         return embedder.embed
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -180,7 +180,7 @@ def main() -> None:
         label = f"cut to {chars} chars" if chars else "full length"
         figures = {}
         for quantized in (False, True):
-            embedder = OnnxEmbedder(quantized=quantized, model_dir=args.model_dir)
+            embedder = OnnxEmbedder(precision="int8" if quantized else "fp32", model_dir=args.model_dir)
             figures[embedder.variant] = recall_at_10(embedder, ids, cut)
         print(
             f"recall@10, {len(ids)} sections {label}: "

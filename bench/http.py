@@ -243,7 +243,7 @@ def _edge_embedding(url: str, report: Report, texts: list[str]) -> None:
     from supa_vectors.embedding.onnx import OnnxEmbedder
 
     start = time.perf_counter()
-    sdk = OnnxEmbedder()
+    sdk = OnnxEmbedder(precision="fp32")  # the edge runs the fp32 graph: compare like with like
     sdk.embed(["warm up"])
     sdk_first = time.perf_counter() - start
     model = installed_model(quantized=False)

@@ -2,7 +2,8 @@
 
 * documents/s of the whole migration (``supa_vectors.migrate.migrate``: discover, back up, validate,
   embed, write, rebuild the index, verify) of the postgres-docs corpus into an empty store, with the
-  production embedder (ONNX fp32), and the share of that run the embedder was busy: the pipeline
+  production embedder (OnnxEmbedder's default: int8 on a CPU with VNNI, else fp32), and the share of
+  that run the embedder was busy: the pipeline
   overlaps writing with embedding, so the migration runs at that share of the embedder's own speed
   (the target is >= 90%), a figure the machine's changing load cannot skew;
 * the same comparison side by side on a sample, in alternating rounds (this machine's load changes by
@@ -300,7 +301,9 @@ def run(quick: bool) -> dict[str, float]:
     try:
         source = copy_sources(files, work / "source")
         with bench_stack() as server:
-            report.heading(f"{len(texts):,} sections in {len(files)} files, ONNX fp32, into an empty store")
+            report.heading(
+                f"{len(texts):,} sections in {len(files)} files, ONNX {embedder.variant}, into an empty store"
+            )
             timed = Timed(embedder)
             with fresh_database(server, "bench_migration") as url:
                 seconds, result = migrate_once(url, source, work / "state", timed)

@@ -10,6 +10,10 @@ our ONNX model (fp32, then int8), loaded through the SDK's bulk path (HNSW built
 * ``full-text``: ``hybrid_search`` with semantic_weight 0, keeping the rows full-text found;
 * ``hybrid``: ``VectorStore.hybrid_search(query)`` (reciprocal rank fusion, rrf_k 50, equal weights).
 
+Cross-precision: a store written by one variant and searched by the other (``OnnxEmbedder``'s default
+picks int8 or fp32 by CPU, so an app's machines may differ): exact top-10 of fp32 documents for int8
+queries and the other way round, against each variant alone.
+
 Figures: recall@1, recall@10 (answer in the top 10) and MRR@10. ``--quick`` uses 30 queries and 100
 sections clipped to 400 characters (their answers among them): not comparable with the full run.
 """
@@ -22,9 +26,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench._common import (
+    F32,
     CorpusDoc,
     Report,
     bench_stack,
+    cpu_features,
     exact_top_k,
     load_corpus,
     load_queries,
@@ -74,14 +80,17 @@ def run(quick: bool) -> dict[str, float]:
     report.heading(f"{len(queries)} queries over {len(docs):,} corpus sections, k={K}")
     table: dict[str, tuple[float, float, float]] = {}
     embed_rate: dict[str, float] = {}
+    vectors: dict[str, tuple[F32, F32]] = {}
+    report.note(f"CPU features: {cpu_features()}")
     with bench_stack() as url:
         for variant in ("fp32", "int8"):
-            embedder = OnnxEmbedder(quantized=variant == "int8")
+            embedder = OnnxEmbedder(precision="int8" if variant == "int8" else "fp32")
             embedder.load()
             start = time.perf_counter()
             doc_vectors = embedder.embed([d.content for d in docs])
             embed_rate[variant] = len(docs) / (time.perf_counter() - start)
             query_vectors = embedder.embed(texts)
+            vectors[variant] = (doc_vectors, query_vectors)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("truncate public.documents restart identity cascade")
             with VectorStore(PostgresTransport(url), embedder=embedder) as store:
@@ -105,10 +114,15 @@ def run(quick: bool) -> dict[str, float]:
                     ]
                     table["full-text"] = metrics(full_text, answers)
 
+    for docs_of, queries_of in (("fp32", "int8"), ("int8", "fp32")):
+        found = exact_top_k(vectors[docs_of][0], vectors[queries_of][1], K)
+        table[f"vector exact docs {docs_of} queries {queries_of}"] = metrics(
+            [[ids[i] for i in row] for row in found], answers
+        )
     base = table["vector exact fp32"]
     for name, (r1, r10, mrr) in table.items():
         variant = "int8" if name.endswith("int8") else "fp32"
-        own_exact = table[f"vector exact {variant}"]
+        own_exact = table.get(f"vector exact {variant}", base)
         vs: dict[str, float] = {}
         if name != "vector exact fp32":
             vs["exact fp32"] = ratio(r10, base[1])
@@ -123,6 +137,17 @@ def run(quick: bool) -> dict[str, float]:
             {} if name == "vector exact fp32" else {"exact fp32": ratio(mrr, base[2])},
         )
     report.heading("differences in points (1 point = 0.01)")
+    for docs_of, queries_of in (("fp32", "int8"), ("int8", "fp32")):
+        cross = table[f"vector exact docs {docs_of} queries {queries_of}"]
+        report.figure(
+            f"cross docs {docs_of} queries {queries_of} - fp32 recall@10", 100 * (cross[1] - base[1]), "pt"
+        )
+        report.figure(
+            f"cross docs {docs_of} queries {queries_of} - fp32 MRR@10", 100 * (cross[2] - base[2]), "pt"
+        )
+    cosines = (vectors["fp32"][0] * vectors["int8"][0]).sum(axis=1)
+    report.figure("cosine fp32 to int8 per section, min", float(cosines.min()), "")
+    report.figure("cosine fp32 to int8 per section, mean", float(cosines.mean()), "")
     for variant in ("fp32", "int8"):
         exact_r10 = table[f"vector exact {variant}"][1]
         report.figure(

@@ -607,7 +607,8 @@ def test_readme_curl_example_runs(edge: httpx.Client, clean_url: str) -> None:
 
 @pytest.fixture(scope="module")
 def sdk_embedder() -> OnnxEmbedder:
-    embedder = OnnxEmbedder()
+    # fp32 pinned: the edge runs model.onnx (fp32), and "auto" would pick int8 on a VNNI CPU.
+    embedder = OnnxEmbedder(precision="fp32")
     embedder.load()  # installs the model when missing (one time)
     return embedder
 

