@@ -428,10 +428,19 @@ def test_kill_9_in_the_middle_of_a_restore_then_a_rerun_finishes_exactly(
             process.stdin.write("go\n")
             process.stdin.flush()
             deadline = time.monotonic() + 60
-            while not blocker.execute(
-                "select exists (select 1 from pg_stat_activity where wait_event_type = 'Lock'"
-                " and query like '%bulk_upsert%')"
-            ).fetchone()[0]:  # type: ignore[index]
+
+            # pg_stat_activity is read once per transaction unless its snapshot is cleared, and the
+            # lock keeps this transaction open: without the clear, a first look taken before the
+            # restore got there would be all this loop ever saw.
+            def restore_waits() -> bool:
+                blocker.execute("select pg_catalog.pg_stat_clear_snapshot()")
+                row = blocker.execute(
+                    "select exists (select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                    " and query like '%bulk_upsert%')"
+                ).fetchone()
+                return bool(row and row[0])
+
+            while not restore_waits():
                 assert time.monotonic() < deadline, "the restore never reached its fourth chunk"
                 time.sleep(0.02)
             process.send_signal(signal.SIGKILL)
