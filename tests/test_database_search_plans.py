@@ -258,3 +258,24 @@ def test_row_level_security_counts_as_a_filter(
     counts, recall, _ = run(session, corpus, {"b100": 42}, mask)
     assert counts == [10] * len(counts)
     assert recall == 1.0
+
+
+def test_a_users_unfiltered_search_over_most_of_the_table_walks_the_index_at_once(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # User A sees every row (1% their own, the rest shared): ~20,000 expected, within 2 x 15,000 but
+    # the whole table. Ranking 15,001 rows exactly before walking the index would only cost time
+    # (what a signed-in user of a 5,000-10,000 row store paid at the default bound).
+    conn, plans = session
+    act_as(conn, Identity.user(USER_A))
+    counts, recall, plan = run(session, corpus, {}, np.ones(ROWS, bool), exact_scan_max_rows=15_000)
+    assert f"Index Scan using {HNSW_INDEX}" in plan
+    assert counts == [10] * len(counts)
+    assert recall >= 0.95
+    plans.clear()
+    assert len(search(conn, queries(corpus, 1)[0], {}, exact_scan_max_rows=15_000)) == 10
+    assert not any("CTE ranked" in p for p in plans)
+    # A filter still takes the exact probe within the margin: its estimate is the planner's guess.
+    plans.clear()
+    assert len(search(conn, queries(corpus, 1)[0], {"b10": 3}, exact_scan_max_rows=1500)) == 10
+    assert any("CTE ranked" in p for p in plans)
