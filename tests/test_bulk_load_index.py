@@ -117,6 +117,31 @@ def test_the_index_is_dropped_only_for_a_load_that_dwarfs_the_store(empty_db: st
         conn.rollback()
 
 
+def test_a_finished_load_leaves_statistics_the_planner_can_use(empty_db: str) -> None:
+    """Without them the planner takes the freshly loaded embeddings for 0.5% of their rows and ranks
+    every row instead of walking the index just built, until autovacuum gets round to the tables."""
+    rows = 3000
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert conn.execute("select public.begin_bulk_load(%s)", [rows]).fetchone() == (True,)
+        conn.execute(
+            "insert into public.documents (external_id, content)"
+            " select 'x' || i, 'text ' || i from generate_series(1, %s) i",
+            [rows],
+        )
+        conn.execute(
+            "insert into public.embeddings (document_id, model, embedding)"
+            " select id, 'm', array_fill(0.5, array[384])::real[]::extensions.vector from public.documents"
+        )
+        assert conn.execute("select public.finish_bulk_load()").fetchone() == (True,)
+        for table, column, value in (("embeddings", "model", "'m'"), ("documents", "owner_id", "null")):
+            op = "=" if value != "null" else "is"
+            plan = conn.execute(
+                f"explain (format json) select 1 from public.{table} where {column} {op} {value}"
+            ).fetchone()
+            assert plan is not None
+            assert plan[0][0]["Plan"]["Plan Rows"] == rows, (table, plan[0][0]["Plan"]["Plan Rows"])
+
+
 def test_a_live_load_is_left_alone_and_an_abandoned_one_is_finished(empty_db: str) -> None:
     loader = psycopg.connect(empty_db, autocommit=True)
     try:
