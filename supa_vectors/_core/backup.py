@@ -46,12 +46,14 @@ from supa_vectors._core.ops import Flow
 from supa_vectors._core.rows import _response, _rows
 from supa_vectors._core.settings import StoreSettings
 from supa_vectors._core.upsert import (
+    JSON_BYTES_PER_FLOAT,
     MAX_ROWS_PER_REQUEST,
     content_hash,
     cut_chunks,
     send_chunk,
     vector_request_bytes,
 )
+from supa_vectors._files import sha256_of_file
 from supa_vectors._models import BackupResult, RestoreResult
 from supa_vectors._text import json_problem, text_problem
 from supa_vectors.errors import (
@@ -82,7 +84,6 @@ VECTOR_ENCODING = "float32-le-base64"
 SHARD_DOCUMENTS = 10_000
 EXPORT_PAGE_SIZE = 500
 BACKUP_ATTEMPTS = 3
-_READ_CHUNK = 1 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _SHARD = re.compile(r"documents-\d{6}\.jsonl")
 
@@ -108,12 +109,10 @@ def decode_vector(text: str, dimension: int) -> npt.NDArray[np.float32]:
 
 
 def _stored_vector(value: Any, dimension: int) -> npt.NDArray[np.float32] | None:
-    """A vector as a transport returns it: an array (Postgres, binary) or pgvector's text (PostgREST),
-    whose shortest round-trip decimals parse back to the same float32."""
+    """A vector as the transports return ``export_documents``' (a vector RPC): a float32 array, decoded
+    from binary (Postgres) or from pgvector's text (PostgREST), checked against the store's dimension."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = json.loads(value)
     array = np.asarray(value, dtype=np.float32)
     if array.shape != (dimension,):
         raise BackendError(f"{rpcs.EXPORT_DOCUMENTS.name} returned a vector of shape {array.shape}")
@@ -200,16 +199,6 @@ def _write_json(path: Path, value: Any) -> None:
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 # ------------------------------------------------------------------------------------------- backup
@@ -416,7 +405,7 @@ def read_archive(path: Path, settings: StoreSettings) -> dict[str, Any]:
     for entry in manifest["files"]:
         file = path / entry["name"]
         try:
-            sha, size = _sha256(file)
+            sha, size = sha256_of_file(file)
         except OSError as exc:
             raise ArchiveError(f"{file} cannot be read: {exc}") from exc
         if (sha, size) != (entry["sha256"], entry["bytes"]):
@@ -436,7 +425,7 @@ def _chunks(
     path: Path, manifest: Mapping[str, Any], keep_owner: bool, chunk_rows: int
 ) -> Iterator[list[ArchivedDocument]]:
     dimension = int(manifest["embedding_dimension"])
-    per_vector = vector_request_bytes(dimension, 21)
+    per_vector = vector_request_bytes(dimension, JSON_BYTES_PER_FLOAT)
     for chunk, _ in cut_chunks(
         _documents(path, manifest),
         lambda d: len(json.dumps(d.as_json(keep_owner=keep_owner))) + per_vector,

@@ -96,16 +96,14 @@ class WriteBehind(Generic[V]):
                         self.max_pending,
                     )
             inline = self.closed
-            if inline:
-                pass
-            elif self._writer is None:
+            if not inline and self._writer is None:
                 self._writer = token = object()
                 try:
                     _thread.start_new_thread(self._run, (token,))
                 except RuntimeError:  # no more threads, or the interpreter is shutting down
                     self._writer = None
                     inline = True
-            elif len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+            elif not inline and (len(self._pending) == 1 or len(self._pending) >= self.max_batch):
                 self._cond.notify()  # wake an idle writer, or cut a lingering batch short
         if inline:
             self.flush()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 from supa_vectors._config import Target, resolve_target
@@ -40,6 +40,9 @@ from supa_vectors._store import VectorStore
 from supa_vectors.cli import GROUP_HELP
 from supa_vectors.cli._search import add_backend_arguments, age_text, open_store
 from supa_vectors.errors import AuthError, ConfigurationError, NotFoundError, SupaVectorsError
+
+if TYPE_CHECKING:
+    from supa_vectors.local.migrations import Migration
 
 __all__ = ["Finding", "add_doctor_parser", "check_store", "doctor_command", "run_checks", "worst"]
 
@@ -259,21 +262,24 @@ def _version_key(version: str) -> tuple[int, str]:
 
 def _shipped_migrations() -> list[tuple[str, str]]:
     """(version, file name) of the migrations this installation ships, oldest first."""
+    return [(m.version, m.filename) for m in _shipped()]
+
+
+def _shipped() -> list[Migration]:
+    """The migrations this installation ships, oldest first; none if it ships
+    none (a checkout without supabase/)."""
     try:
         from supa_vectors.local.migrations import find_migrations_dir, list_local_migrations
 
-        return [(m.version, m.filename) for m in list_local_migrations(find_migrations_dir())]
+        return list(list_local_migrations(find_migrations_dir()))
     except SupaVectorsError:
         return []
 
 
 def _migration_texts() -> Iterator[tuple[str, str]]:
-    from supa_vectors.local.migrations import find_migrations_dir
-
-    directory = find_migrations_dir()
-    for _, filename in _shipped_migrations():
-        text = (directory / filename).read_text(encoding="utf-8")
-        yield filename, re.sub(r"--[^\n]*", "", text)
+    """(file name, SQL without comments) of each shipped migration."""
+    for migration in _shipped():
+        yield migration.filename, re.sub(r"--[^\n]*", "", migration.read())
 
 
 def _expected_schema_version(shipped: Sequence[tuple[str, str]]) -> str | None:

