@@ -16,6 +16,8 @@ Sections (``--only`` takes a comma-separated subset, in any order):
              text embedded at the edge (bench/http.py)
   integrations  the LangChain and LlamaIndex adapters against LlamaIndex's vecs-based Supabase store:
              filtered search at 10% and 1% (bench/integrations.py)
+  scale      10k / 100k / 1M rows: ingest, index build and size, search and filtered latency and
+             recall, server memory; halfvec against vector at 1M (bench/scale.py, ~1 h)
 
 ``--quick`` runs small sizes (about a minute) so CI keeps the code working; its figures mean little.
 Every figure is printed with its ratio to a baseline measured in the same run.
@@ -51,6 +53,7 @@ SECTIONS = (
     "cli",
     "http",
     "integrations",
+    "scale",
 )
 # section -> (module, function taking quick). search and filtered share one loaded store: when both
 # are chosen, bench.search.run_parts loads it once and returns the figures of both.
@@ -67,6 +70,7 @@ _RUNNERS: dict[str, tuple[str, str]] = {
     "cli": ("bench.cli", "run"),
     "http": ("bench.http", "run"),
     "integrations": ("bench.integrations", "run"),
+    "scale": ("bench.scale", "run"),
 }
 
 
