@@ -9,9 +9,11 @@ one warm-up pass, single client, sequential: queries/s = 1 / mean latency.
 Unfiltered paths, at several ef_search:
 
 * ``raw SQL``: the ANN statement match_documents runs inside (embeddings join documents, order by
-  ``<=>``, limit 10), from psycopg with a binary vector parameter, ``hnsw.ef_search`` set per session;
+  the half-precision ``<=>`` the index serves, limit 10), from psycopg with a binary vector
+  parameter, ``hnsw.ef_search`` set per session;
 * ``RPC direct``: ``select ... from match_documents(...)`` from psycopg, as the table owner;
-  ``RPC before``: the same call to the definition before 20261203000400 (dynamic SQL unfiltered);
+  ``RPC before``: the same call to the definition before 20261203000900, which walks an index over
+  the full-precision vectors (built beside ours as ``bench_vector_idx``);
 * ``SDK``: the Postgres transport's ``rpc("match_documents")`` + row parsing, as service_role (one
   pipelined round trip that sets role and JWT claims first), which is what ``VectorStore.search``
   does; ``VectorStore.search`` itself (ef_search chosen by the RPC: 100) is timed too;
@@ -21,9 +23,9 @@ Filtered (k=10, ``{"b10": 3}`` matches 10% of rows, ``{"b100": 7}`` 1%): rows re
 against the exact filtered top-10, for the SDK, vecs (ef_search 40, its default), pgvector's iterative
 scan alone (relaxed order, ef_search 40: the baseline every p50 is divided by) and a plain
 post-filtered HNSW scan; and ``match_documents`` from psycopg twice, as this checkout defines it and as
-``20261125000300_store_rpcs.sql`` defined it (the rollback of ``20261203000400_filtered_search_plan``
-holds that definition; it is created here as ``match_documents_before``), with the server-side plan of
-each: every statement the function ran (auto_explain), with its time and top plan node.
+it was before ``20261203000900_halfvec_index`` (its rollback holds that definition; created here as
+``match_documents_before``, over the full-precision index), with the server-side plan of each: every
+statement the function ran (auto_explain), with its time and top plan node.
 """
 
 from __future__ import annotations
@@ -64,9 +66,14 @@ from bench.ingest import (
 )
 
 K = 10
+# The order the HNSW index serves (migration 20261203000900): the normalised half-precision copy.
+HALF_ORDER = (
+    "(extensions.l2_normalize(e.embedding))::extensions.halfvec(384) operator(extensions.<=>)"
+    " (extensions.l2_normalize(%b::extensions.vector))::extensions.halfvec(384)"
+)
 RAW_SQL = (
     "select d.external_id from public.embeddings e join public.documents d on d.id = e.document_id"
-    " where e.model = %s order by e.embedding operator(extensions.<=>) %b limit 10"
+    f" where e.model = %s order by {HALF_ORDER} limit 10"
 )
 RPC_SQL = (
     "select external_id from public.match_documents("
@@ -75,14 +82,19 @@ RPC_SQL = (
 RPC_BEFORE_SQL = RPC_SQL.replace("match_documents", "match_documents_before")
 FILTERED_SQL = (
     "select d.external_id from public.embeddings e join public.documents d on d.id = e.document_id"
-    " where e.model = %s and d.metadata @> %s order by e.embedding operator(extensions.<=>) %b limit 10"
+    f" where e.model = %s and d.metadata @> %s order by {HALF_ORDER} limit 10"
 )
 
 FILTERED_RPC_SQL = (
     "select external_id from public.{function}(query_embedding => %b, match_count => 10, filter => %s)"
 )
-# The definition match_documents had before 20261203000400 (its rollback restores it).
-BEFORE_MIGRATION = REPO_ROOT / "supabase" / "rollbacks" / "20261203000400_filtered_search_plan.sql"
+# The definition match_documents had before 20261203000900 (its rollback restores it), which walks an
+# index over the full-precision vectors; that index is built beside ours as bench_vector_idx.
+BEFORE_MIGRATION = REPO_ROOT / "supabase" / "rollbacks" / "20261203000900_halfvec_index.sql"
+VECTOR_INDEX_SQL = (
+    "create index if not exists bench_vector_idx on public.embeddings"
+    " using hnsw (embedding extensions.vector_cosine_ops) with (m = 16, ef_construction = 64)"
+)
 
 Search = Callable[[F32], list[int]]
 
@@ -131,9 +143,14 @@ def measure(
 
 
 def create_match_documents_before(conn: psycopg.Connection[Any]) -> None:
-    """The previous match_documents beside the current one, as ``public.match_documents_before``."""
-    sql = BEFORE_MIGRATION.read_text(encoding="utf-8")
+    """The previous match_documents beside the current one, as ``public.match_documents_before``,
+    with the full-precision index it walks."""
+    text = BEFORE_MIGRATION.read_text(encoding="utf-8")
+    sql = text[text.index("create or replace function public.match_documents(") :]
     conn.execute(sql.replace("match_documents", "match_documents_before"))
+    conn.execute("set maintenance_work_mem = '256MB'")  # as create_vector_index() builds
+    conn.execute(VECTOR_INDEX_SQL)
+    conn.execute("reset maintenance_work_mem")
 
 
 def nested_plans(url: str, sql: str, params: list[Any]) -> list[str]:
