@@ -348,22 +348,55 @@ def test_a_mirror_older_than_the_store_is_stale(
     assert findings["mirror"]["fix"] == "supa-vectors mirror sync"
 
 
-def test_a_small_maintenance_work_mem_is_a_warning(
+def test_a_small_index_build_memory_is_a_warning(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store's index_build_memory is what a build gets (create_vector_index() sets it), so it is
+    what doctor weighs against the graph, and what its fix raises."""
+    setting = "update public.metadata_global set value = '{}' where key = 'index_build_memory'"
+    code, _, findings = doctor_while(capsys, database_url, setting.format('"1MB"'), setting.format('"256MB"'))
+    assert findings["maintenance_work_mem"]["status"] == "warn"
+    assert findings["maintenance_work_mem"]["detail"].startswith("index_build_memory 1 MB; building the")
+    assert findings["maintenance_work_mem"]["fix"].startswith(
+        "update public.metadata_global set value = '\"64MB\"' where key = 'index_build_memory'"
+    )
+    assert code == 0  # a warning, not a failure
+
+
+def test_the_server_setting_does_not_count_where_the_store_sets_its_own(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     alter = "do $$ begin execute format('alter database %I {}', current_database()); end $$"
-    code, _, findings = doctor_while(
+    _code, _, findings = doctor_while(
         capsys,
         database_url,
         alter.format("set maintenance_work_mem = ''1MB''"),
         alter.format("reset maintenance_work_mem"),
     )
-    assert findings["maintenance_work_mem"]["status"] == "warn"
-    assert findings["maintenance_work_mem"]["detail"].startswith("1 MB; building the vector index")
-    assert (
-        findings["maintenance_work_mem"]["fix"] == "alter database postgres set maintenance_work_mem = '64MB'"
+    assert findings["maintenance_work_mem"]["status"] == "ok"
+    assert findings["maintenance_work_mem"]["detail"].startswith("index_build_memory 256 MB")
+
+
+def test_a_build_uses_the_stores_index_build_memory(clean_url: str) -> None:
+    """create_vector_index() sets maintenance_work_mem from the store for its build: a value Postgres
+    refuses fails the build with Postgres' message, and the index stays as it was."""
+    owner_sql(
+        clean_url, "update public.metadata_global set value = '\"lots\"' where key = 'index_build_memory'"
     )
-    assert code == 0  # a warning, not a failure
+    try:
+        with psycopg.connect(clean_url, autocommit=True) as conn:
+            conn.execute("drop index public.embeddings_embedding_hnsw_idx")
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="maintenance_work_mem"):
+                conn.execute("select supa_vectors_internal.create_vector_index()")
+            assert conn.execute("select to_regclass('public.embeddings_embedding_hnsw_idx')").fetchone() == (
+                None,
+            )
+    finally:
+        owner_sql(
+            clean_url,
+            "update public.metadata_global set value = '\"256MB\"' where key = 'index_build_memory'",
+        )
+        owner_sql(clean_url, "select supa_vectors_internal.create_vector_index()")
 
 
 def test_a_signed_in_user_is_told_which_checks_need_the_service_key(clean_url: str, own_cache: Path) -> None:

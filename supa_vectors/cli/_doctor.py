@@ -177,7 +177,7 @@ def check_store(store: VectorStore, target: Target) -> list[Finding]:
         return [
             *findings,
             _schema(stats.settings.get("schema_version"), facts),
-            *_catalog_checks(facts),
+            *_catalog_checks(facts, stats.settings),
             *local,
         ]
     # What the caller can see without the catalog: the schema version and whether the index is there.
@@ -319,14 +319,14 @@ def _expected_policies() -> dict[tuple[str, str], str]:
 # The catalog (store_diagnostics)
 
 
-def _catalog_checks(facts: Mapping[str, Any]) -> list[Finding]:
+def _catalog_checks(facts: Mapping[str, Any], store_settings: Mapping[str, Any]) -> list[Finding]:
     tables: list[Mapping[str, Any]] = list(facts.get("tables") or [])
     return [
         _rls(tables),
         _policies(tables),
         _vector_index(facts.get("vector_index") or {}, facts.get("bulk_load")),
         _pgvector(facts.get("pgvector")),
-        _maintenance_work_mem(facts),
+        _maintenance_work_mem(facts, store_settings.get("index_build_memory")),
         _ef_search(facts.get("settings") or {}),
     ]
 
@@ -415,25 +415,48 @@ def _pgvector(version: object) -> Finding:
     return Finding("pgvector", "ok", f"version {text}")
 
 
-def _maintenance_work_mem(facts: Mapping[str, Any]) -> Finding:
+def _maintenance_work_mem(facts: Mapping[str, Any], build_memory: object) -> Finding:
+    """The memory an index build gets: the store's ``index_build_memory`` where the schema has it
+    (create_vector_index() sets it for the build, so the server's maintenance_work_mem does not
+    count), else the server's maintenance_work_mem."""
     settings = facts.get("settings") or {}
-    have = int(settings.get("maintenance_work_mem") or 0)
+    own = _memory_bytes(build_memory) if isinstance(build_memory, str) else None
+    have = own if own is not None else int(settings.get("maintenance_work_mem") or 0)
     index = facts.get("vector_index") or {}
     rows = int(facts.get("embeddings") or 0)
     dimension = int(facts.get("dimension") or 384)
     graph = max(int(index.get("bytes") or 0), rows * (4 * dimension + HNSW_BYTES_PER_ROW_BEYOND_VECTOR))
     need = max(MIN_MAINTENANCE_WORK_MEM, graph)
+    what = "index_build_memory" if own is not None else "maintenance_work_mem"
     if have < need:
+        megabytes = -(-need // (1024 * 1024))
+        fix = (
+            f"update public.metadata_global set value = '\"{megabytes}MB\"' where key = 'index_build_memory'"
+            " (as the service role; keep it within the database's RAM)"
+            if own is not None
+            else f"alter database postgres set maintenance_work_mem = '{megabytes}MB'"
+        )
         return Finding(
             "maintenance_work_mem",
             "warn",
-            f"{_bytes(have)}; building the vector index over {rows} rows needs about {_bytes(need)}, or "
-            "the build (a bulk load's finish, --fix) spills and takes many times longer",
-            f"alter database postgres set maintenance_work_mem = '{-(-need // (1024 * 1024))}MB'",
+            f"{what} {_bytes(have)}; building the vector index over {rows} rows needs about "
+            f"{_bytes(need)}, or the build (a bulk load's finish, --fix) spills and takes many times longer",
+            fix,
         )
     return Finding(
-        "maintenance_work_mem", "ok", f"{_bytes(have)} (an index build needs about {_bytes(graph)})"
+        "maintenance_work_mem", "ok", f"{what} {_bytes(have)} (an index build needs about {_bytes(graph)})"
     )
+
+
+_MEMORY_UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
+def _memory_bytes(text: str) -> int | None:
+    """A Postgres memory setting ('256MB', '1GB', '65536' in kB) in bytes; None when it is not one."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT][bB])?\s*", text)
+    if match is None:
+        return None
+    return int(match.group(1)) * (_MEMORY_UNITS[match.group(2).lower()] if match.group(2) else 1024)
 
 
 def _ef_search(settings: Mapping[str, Any]) -> Finding:

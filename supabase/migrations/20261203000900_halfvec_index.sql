@@ -17,6 +17,13 @@
 -- writes, not reads), then the old is dropped and the new renamed, so reads wait only for the drop.
 -- A store whose index a live bulk load has dropped gets the new definition from finish_bulk_load.
 
+-- The memory a build may use is a store setting, index_build_memory (256MB by default): the SET
+-- clause of this function used to fix it, so an operator could not raise it, and at 1M rows the graph
+-- outgrew 256MB after 119k rows and the build ran ~6x slower from there (BENCHMARKS.md section 13).
+-- Only the service role writes metadata_global; a value Postgres does not take fails the build with
+-- its own message, and the index stays as it was.
+insert into public.metadata_global (key, value) values ('index_build_memory', '"256MB"');
+
 create or replace function supa_vectors_internal.create_vector_index()
 returns boolean
 language plpgsql
@@ -27,6 +34,8 @@ begin
   if pg_catalog.to_regclass('public.embeddings_embedding_hnsw_idx') is not null then
     return false;
   end if;
+  perform pg_catalog.set_config('maintenance_work_mem',
+    coalesce(supa_vectors_internal.setting('index_build_memory') #>> '{}', '256MB'), true);
   create index embeddings_embedding_hnsw_idx on public.embeddings
     using hnsw (((extensions.l2_normalize(embedding))::extensions.halfvec(384)) extensions.halfvec_cosine_ops)
     with (m = 16, ef_construction = 64);

@@ -1,6 +1,8 @@
 -- Rollback of 20261203000900: the HNSW index over the full-precision vectors again, and
 -- match_documents as 20261203000700_match_documents_share_of_table.sql defined it. The vector index is
 -- built beside the halfvec one while searches keep reading it, then the halfvec one is dropped.
+delete from public.metadata_global where key = 'index_build_memory';
+
 create or replace function supa_vectors_internal.create_vector_index()
 returns boolean
 language plpgsql
