@@ -197,13 +197,27 @@ def test_index_scan_that_stops_short_falls_back_to_the_exact_scan(
 def test_underestimated_filter_moves_to_the_index_scan(
     session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
 ) -> None:
-    # Estimated 2,000 rows, under 2 x 1,500: the bounded exact scan runs first, reaches 1,501 rows
-    # and hands over to the iterative scan.
+    # Estimated 2,000 rows, under 2 x 1,500: the bounded count runs first, reaches 1,501 rows and
+    # hands over to the iterative scan.
     mask = np.arange(ROWS) % 10 == 3
     counts, recall, plan = run(session, corpus, {"b10": 3}, mask, exact_scan_max_rows=1500)
     assert f"Index Scan using {HNSW_INDEX}" in plan
     assert counts == [10] * len(counts)
     assert recall >= 0.95
+
+
+def test_a_filter_within_the_margin_is_counted_not_ranked(
+    session: tuple[psycopg.Connection, list[str]], corpus: np.ndarray
+) -> None:
+    # Estimated 2,000 rows, between 1,500 and 2 x 1,500: a bounded count (documents only, no vector
+    # read) finds more than 1,500 and the iterative scan answers; no statement ranks the matching rows
+    # first (ranking 1,501 of them to learn there were more is what cost 41-99 ms at 100k-1M rows).
+    conn, plans = session
+    plans.clear()
+    assert len(search(conn, queries(corpus, 1)[0], {"b10": 3}, exact_scan_max_rows=1500)) == 10
+    assert any("select count(*) from (select 1 from public.documents d where" in p for p in plans)
+    assert not any("CTE ranked" in p for p in plans)
+    assert any(f"Index Scan using {HNSW_INDEX}" in p for p in plans)
 
 
 def test_another_tenants_rows_cannot_make_a_search_incomplete(

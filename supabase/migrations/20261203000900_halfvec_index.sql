@@ -16,6 +16,12 @@
 -- built beside it under another name while searches keep reading the old (CREATE INDEX blocks
 -- writes, not reads), then the old is dropped and the new renamed, so reads wait only for the drop.
 -- A store whose index a live bulk load has dropped gets the new definition from finish_bulk_load.
+--
+-- Also in match_documents: a filter the planner puts between exact_scan_max_rows and twice it is
+-- counted (a bounded count, no vector read) before its rows are ranked. Ranking up to 5,001 rows only
+-- to learn there were more cost 41-99 ms where the iterative scan answers in 5-20 ms; at 100k rows a
+-- 10% filter's estimate (10,013 in one ANALYZE sample, at most 10,000 in another) fell either side of the
+-- margin, so the same search took 5 or 56 ms. The count costs 2-10 ms (BENCHMARKS.md section 13).
 
 -- The memory a build may use is a store setting, index_build_memory (256MB by default): the SET
 -- clause of this function used to fix it, so an operator could not raise it, and at 1M rows the graph
@@ -96,6 +102,9 @@ declare
     ' select (select count(*) from ranked),'
     ' array(select r.id from ranked r order by r.distance, r.id limit $3),'
     ' array(select r.distance from ranked r order by r.distance, r.id limit $3)', filter_sql);
+  -- The bounded count: how many rows the filter lets the caller see, up to $1.
+  count_sql constant text := pg_catalog.format(
+    'select count(*) from (select 1 from public.documents d where %s limit $1) c', filter_sql);
   -- The iterative scan: relaxed order by the indexed expression inside the CTE ($3 candidates),
   -- re-sorted here by the full-precision distance and cut to match_count ($5).
   iterative_sql constant text := pg_catalog.format(
@@ -167,8 +176,15 @@ begin
               and estimated_rows >= 0.1 * (select greatest(c.reltuples, 0)
                                    from pg_catalog.pg_class c
                                   where c.oid = 'public.documents'::pg_catalog.regclass)) then
-    execute exact_sql into matching_rows, ids, distances
-      using query_embedding, model_name, match_count, exact_scan_max_rows::bigint + 1;
+    if estimated_rows > exact_scan_max_rows then
+      -- Within the margin the estimate decides nothing: count first (no vector is read), rank only
+      -- when the count is within the bound.
+      execute count_sql into matching_rows using exact_scan_max_rows::bigint + 1;
+    end if;
+    if matching_rows is null or matching_rows <= exact_scan_max_rows then
+      execute exact_sql into matching_rows, ids, distances
+        using query_embedding, model_name, match_count, exact_scan_max_rows::bigint + 1;
+    end if;
   end if;
   if ids is null or matching_rows > exact_scan_max_rows then
     perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
