@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -339,6 +340,30 @@ def test_search_k_threshold_and_filter(store: Store) -> None:
     assert [r.id for r in store.search("sing", k=5, filter={"legs": {"$lt": 4}})] == ["bird"]
 
 
+def test_ef_search_reaches_the_rpc_and_keys_its_own_cache_entry(clean_url: str, tmp_path: Path) -> None:
+    """A wider walk may find other rows, so its answer is cached apart from the default's."""
+    sent: list[dict[str, Any]] = []
+
+    class Recording(PostgresTransport):
+        def rpc(self, name: str, params: Mapping[str, Any]) -> Any:
+            if name == "match_documents":
+                sent.append(dict(params))
+            return super().rpc(name, params)
+
+    with VectorStore(
+        Recording(clean_url), embedder=FakeEmbedder(), cache="cache-first", cache_dir=tmp_path
+    ) as store:
+        store.add(DOCS)
+        default = store.search("dogs fetch", k=2)
+        wide = store.search("dogs fetch", k=2, ef_search=400)
+        again = store.search("dogs fetch", k=2, ef_search=400)
+    assert [r.id for r in wide] == [r.id for r in default]
+    assert len(sent) == 2  # the third search was the second's cached answer
+    assert "ef_search" not in sent[0]
+    assert sent[1]["ef_search"] == 400
+    assert {r.source for r in again} == {"cache"}
+
+
 def test_search_with_a_vector(store: Store, embedder: FakeEmbedder) -> None:
     store.add(DOCS)
     before = embedder.calls
@@ -355,6 +380,9 @@ def test_search_with_a_vector(store: Store, embedder: FakeEmbedder) -> None:
         ("text", {"k": 0}),
         ("text", {"k": 1001}),
         ("text", {"threshold": 1.5}),
+        ("text", {"ef_search": 0}),
+        ("text", {"ef_search": 1001}),
+        ("text", {"ef_search": True}),
         ([0.1] * 10, {}),
         ([float("nan")] * DIM, {}),
         ([0.0] * DIM, {}),

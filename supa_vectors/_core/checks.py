@@ -23,6 +23,7 @@ from supa_vectors.errors import (
 __all__ = [
     "ID_CHUNK_SIZE",
     "HybridTuning",
+    "check_ef_search",
     "check_ids",
     "check_k",
     "check_page_size",
@@ -86,6 +87,16 @@ def check_threshold(threshold: float | None) -> float | None:
     return float(threshold)
 
 
+def check_ef_search(ef_search: int | None) -> int | None:
+    """pgvector's own range for hnsw.ef_search; match_documents refuses the rest too, but only after
+    a round trip, and offline the mirror would answer a call the backend would refuse."""
+    if ef_search is None:
+        return None
+    if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
+        raise InvalidInputError(f"ef_search must be an integer from 1 to 1000, got {ef_search!r}")
+    return ef_search
+
+
 def check_query_text(query: Any) -> str:
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
@@ -120,13 +131,19 @@ def query_vector(value: Any, dimension: int) -> npt.NDArray[np.float32]:
 
 
 def match_params(
-    vector: npt.NDArray[np.float32], k: int, threshold: float | None, filter: dict[str, Any]
+    vector: npt.NDArray[np.float32],
+    k: int,
+    threshold: float | None,
+    filter: dict[str, Any],
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"query_embedding": vector, "match_count": k}
     if threshold is not None:
         params["match_threshold"] = threshold
     if filter:
         params["filter"] = filter
+    if ef_search is not None:
+        params["ef_search"] = ef_search
     return params
 
 
@@ -178,10 +195,15 @@ def count_params(checked: dict[str, Any]) -> dict[str, Any]:
 
 
 def match_call(
-    vector: npt.NDArray[np.float32], *, k: int, threshold: float | None, filter: dict[str, Any]
+    vector: npt.NDArray[np.float32],
+    *,
+    k: int,
+    threshold: float | None,
+    filter: dict[str, Any],
+    ef_search: int | None = None,
 ) -> RpcCall:
     """The ``match_documents`` call for a query vector (the offline layer computes the vector)."""
-    return rpcs.MATCH_DOCUMENTS.call(match_params(vector, k, threshold, filter))
+    return rpcs.MATCH_DOCUMENTS.call(match_params(vector, k, threshold, filter, ef_search))
 
 
 def hybrid_call(

@@ -494,11 +494,17 @@ class StoreCore:
 
     @operation("search", rpcs.MATCH_DOCUMENTS)
     def _search_flow(
-        self, query: Query, k: int, threshold: float | None, filter: Filter | None
+        self,
+        query: Query,
+        k: int,
+        threshold: float | None,
+        filter: Filter | None,
+        ef_search: int | None = None,
     ) -> Flow[list[SearchResult]]:
         checked_filter = yield from self._checked_filter(filter)
         threshold = checks.check_threshold(threshold)
         checks.check_k(k)
+        ef_search = checks.check_ef_search(ef_search)
         yield from self._maybe_flush()
         settings: StoreSettings = yield SettingsCall()
         checks.check_k(k, settings)
@@ -515,8 +521,12 @@ class StoreCore:
                 threshold,
                 checked_filter,
                 settings,
-                ask=functools.partial(checks.match_call, k=k, threshold=threshold, filter=checked_filter),
+                ask=functools.partial(
+                    checks.match_call, k=k, threshold=threshold, filter=checked_filter, ef_search=ef_search
+                ),
                 parse=parse_search_rows,
+                # A wider walk may find other rows: answers to other ef_search are other cache entries.
+                tuning=None if ef_search is None else {"ef_search": ef_search},
             )
         )
 
