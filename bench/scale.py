@@ -208,23 +208,29 @@ class Paths:
         self.conn = conn
         self.store = VectorStore(PostgresTransport(url), cache="off")
         self.store.settings()
+        self.ef = 0  # the session's hnsw.ef_search, as statement() last set it
 
     def close(self) -> None:
         self.store.close()
 
     def statement(self, sql: str, ef: int, *settings: str) -> Search:
+        """One statement per query, as match_documents is one call: ef_search is set for the session
+        only when it changes. With settings (the exact scan), a transaction that sets them locally."""
         conn = self.conn
 
         def run(q: F32) -> list[int]:
+            if not settings:
+                if self.ef != ef:
+                    conn.execute(f"set hnsw.ef_search = {int(ef)}")
+                    self.ef = ef
+                return _rows([r[0] for r in conn.execute(sql, [MODEL, q]).fetchall()])
             with conn.transaction():
                 conn.execute(f"set local hnsw.ef_search = {int(ef)}")
                 for setting in settings:
                     conn.execute(setting)
-                # With settings, never prepared: psycopg prepares a statement on its fifth run, and
-                # the plan cached on the server would outlive them (the exact scan's index switch
-                # would not take). Without, prepared as match_documents' statements are.
-                prepare = False if settings else None
-                return _rows([r[0] for r in conn.execute(sql, [MODEL, q], prepare=prepare).fetchall()])
+                # Never prepared: psycopg prepares a statement on its fifth run, and the plan cached
+                # on the server would outlive these settings (the index switch would not take).
+                return _rows([r[0] for r in conn.execute(sql, [MODEL, q], prepare=False).fetchall()])
 
         return run
 
