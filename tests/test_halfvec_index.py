@@ -8,6 +8,8 @@ index of a loaded store, keeps its name, leaves a live bulk load alone, and roll
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +19,8 @@ from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
 from psycopg.types.json import Json
 
-from supa_vectors.local import apply_migrations, rollback_last
+from supa_vectors.errors import LocalStackError
+from supa_vectors.local import applied_versions, apply_migrations, rollback_last
 from supa_vectors.transport.identity import Identity
 from tests.conftest import DIM, act_as
 from tests.test_migrate import scratch_database
@@ -167,3 +170,56 @@ def test_the_migration_leaves_a_live_bulk_load_alone(before_halfvec: str) -> Non
         put(loader, np.random.default_rng(9).standard_normal((100, DIM)).astype(np.float32))
         assert loader.execute("select public.finish_bulk_load()").fetchone() == (True,)
         assert "halfvec_cosine_ops" in (index_definition(loader) or "")
+
+
+def test_a_migration_killed_mid_build_leaves_the_store_as_it_was(before_halfvec: str) -> None:
+    """The migration's backend is killed while its build waits behind an open write: everything it
+    did (rename, function, setting) rolls back with it, and running it again finishes it."""
+    url = before_halfvec
+    rng = np.random.default_rng(10)
+    vectors = rng.standard_normal((200, DIM)).astype(np.float32)
+    with connect(url) as conn:
+        put(conn, vectors)
+        conn.commit()
+    failures: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            apply_migrations(url, migrator="builtin")
+        except BaseException as exc:  # handed to the test thread
+            failures.append(exc)
+
+    with psycopg.connect(url) as writer:
+        writer.execute("lock table public.embeddings in row exclusive mode")  # as an open write does
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        deadline = time.monotonic() + 60
+
+        def building_backend() -> int | None:
+            # The writer's transaction stays open: clear its snapshot of pg_stat_activity each look.
+            writer.execute("select pg_catalog.pg_stat_clear_snapshot()")
+            row = writer.execute(
+                "select pid from pg_stat_activity where wait_event_type = 'Lock'"
+                " and datname = current_database() and query like '%lock_bulk_load%'"
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        while (pid := building_backend()) is None:
+            assert time.monotonic() < deadline, "the migration never reached its build"
+            time.sleep(0.05)
+        writer.execute("select pg_terminate_backend(%s)", [pid])
+        thread.join()
+        writer.rollback()
+    assert len(failures) == 1
+    assert isinstance(failures[0], LocalStackError)
+    with connect(url) as conn:
+        assert "vector_cosine_ops" in (index_definition(conn) or "")
+        assert hnsw_indexes(conn) == ["embeddings_embedding_hnsw_idx"]
+        setting = conn.execute("select 1 from public.metadata_global where key = 'index_build_memory'")
+        assert setting.fetchone() is None
+        assert search(conn, vectors[5], k=1)[0][0] == "d5"
+    assert VERSION not in applied_versions(url)
+    assert apply_migrations(url, migrator="builtin") == [VERSION]
+    with connect(url) as conn:
+        assert "halfvec_cosine_ops" in (index_definition(conn) or "")
+        assert search(conn, vectors[5], k=1)[0][0] == "d5"
