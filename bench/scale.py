@@ -397,6 +397,13 @@ def run_size(
         fq = near_queries(rows.vectors, 10 if quick else 60, seed=22)
         for share, flt, mask in filtered:
             ftruth = exact_top_k(rows.vectors, fq, K, mask)
+            # What match_documents decides its plan by (decision 0023): the planner's row estimate.
+            plan = conn.execute(
+                "explain (format json) select 1 from public.documents d where d.metadata @> %s", [Jsonb(flt)]
+            ).fetchone()
+            assert plan is not None
+            estimate = plan[0][0]["Plan"]["Plan Rows"]
+            report.note(f"{label} {share}: {int(mask.sum()):,} rows match; planner estimate {estimate:,}")
             ftimes, ffound = measure(
                 {"iterative scan": paths.iterative(flt), "match_documents": paths.filtered_rpc(flt)}, fq
             )
@@ -419,7 +426,15 @@ def run_size(
         report.note(f"{label} done, load average {_load_average()}")
         if largest:
             out |= halfvec(
-                url, conn, paths, queries, truth, label, report, (build_s, spilled_at, build_peak[0])
+                url,
+                conn,
+                paths,
+                queries,
+                truth,
+                label,
+                report,
+                (build_s, spilled_at, build_peak[0]),
+                rows.vectors,
             )
     finally:
         paths.close()
@@ -439,6 +454,7 @@ def halfvec(
     label: str,
     report: Report,
     ours_build: tuple[float, int | None, float],
+    vectors: F32,
 ) -> dict[str, float]:
     """Our index (half precision over the normalised vector column, built just before: its seconds,
     spill point and peak memory) against an index over the full-precision column (the definition
@@ -520,6 +536,24 @@ def halfvec(
         {"match_documents before (vector)": paths.rpc_before, "match_documents (ours)": paths.rpc}, queries
     )
     compare(times, found, truth, "match_documents before (vector)", label, out, report)
+    # Half precision alone, without a graph: the exact top-10 by halfvec distances, and the top 2k by
+    # them re-ranked by float32 (what match_documents returns), against the float32 truth. Whatever
+    # recall the indexes lose beyond this is their graphs' (HNSW draws node levels at random).
+    half = vectors.astype(np.float16).astype(np.float32)
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    half_queries = queries.astype(np.float16).astype(np.float32)
+    by_half = exact_top_k(half, half_queries, 2 * K)
+    reranked = [
+        [int(c[n]) for n in np.argsort(-(vectors[c] @ q), kind="stable")[:K]]
+        for c, q in zip((np.asarray(c) for c in by_half), queries, strict=True)
+    ]
+    for name, found_rows in (
+        ("exact top-10 by halfvec", [c[:K] for c in by_half]),
+        ("top-20 by halfvec re-ranked", reranked),
+    ):
+        rec = recall(found_rows, truth, K)
+        out[f"{name} recall@10"] = rec
+        report.figure(f"{name} recall@10 {label}", rec, "", {"exact float32": rec})
     report.note(f"halfvec done, load average {_load_average()}")
     conn.execute("drop table public.bench_half_embeddings")
     conn.execute("drop function public.match_documents_before")

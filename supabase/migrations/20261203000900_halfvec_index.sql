@@ -21,7 +21,7 @@
 -- counted (a bounded count, no vector read) before its rows are ranked. Ranking up to 5,001 rows only
 -- to learn there were more cost 41-99 ms where the iterative scan answers in 5-20 ms; at 100k rows a
 -- 10% filter's estimate (10,013 in one ANALYZE sample, at most 10,000 in another) fell either side of the
--- margin, so the same search took 5 or 56 ms. The count costs 2-10 ms (BENCHMARKS.md section 13).
+-- margin, so the same search took 5 or 56 ms. The count halves that (37 ms; BENCHMARKS.md section 13).
 
 -- The memory a build may use is a store setting, index_build_memory (256MB by default): the SET
 -- clause of this function used to fix it, so an operator could not raise it, and at 1M rows the graph
