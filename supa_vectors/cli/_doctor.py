@@ -52,8 +52,12 @@ REPORT_VERSION = 1
 # Below Postgres' own default (64 MB) someone lowered it; above, a build fits when the setting holds
 # the whole graph (pgvector: "hnsw graph no longer fits into maintenance_work_mem" slows it manyfold).
 MIN_MAINTENANCE_WORK_MEM = 64 * 1024 * 1024
-# An HNSW element at m = 16: the vector (4 bytes a dimension) plus neighbour lists and tuple headers.
-HNSW_BYTES_PER_ROW_BEYOND_VECTOR = 256
+# What a build holds per row at m = 16, measured by where pgvector said the graph outgrew 256 MB
+# (BENCHMARKS.md section 13): 1,473 bytes a row for the half-precision index (after 182,226 rows),
+# 2,253 for the full-precision one (after 119,124): 2 or 4 bytes a dimension plus ~710 for neighbour
+# lists and headers. The index is half precision since migration 20261203000900.
+HNSW_BUILD_BYTES_PER_DIMENSION = 2
+HNSW_BUILD_BYTES_PER_ROW_BEYOND_VECTOR = 710
 # pgvector 0.8.0 brought the iterative index scans match_documents relies on for filtered searches.
 MIN_PGVECTOR = (0, 8, 0)
 INDEX_NAME = "public.embeddings_embedding_hnsw_idx"
@@ -425,7 +429,8 @@ def _maintenance_work_mem(facts: Mapping[str, Any], build_memory: object) -> Fin
     index = facts.get("vector_index") or {}
     rows = int(facts.get("embeddings") or 0)
     dimension = int(facts.get("dimension") or 384)
-    graph = max(int(index.get("bytes") or 0), rows * (4 * dimension + HNSW_BYTES_PER_ROW_BEYOND_VECTOR))
+    per_row = HNSW_BUILD_BYTES_PER_DIMENSION * dimension + HNSW_BUILD_BYTES_PER_ROW_BEYOND_VECTOR
+    graph = max(int(index.get("bytes") or 0), rows * per_row)
     need = max(MIN_MAINTENANCE_WORK_MEM, graph)
     what = "index_build_memory" if own is not None else "maintenance_work_mem"
     if have < need:
