@@ -209,5 +209,5 @@ def test_every_limit_the_store_holds_is_in_the_readme_with_its_default(clean_url
         settings = dict(conn.execute("select key, value #>> '{}' from public.metadata_global").fetchall())
     readme = (REPO_ROOT / "README.md").read_text()
     limits = readme[readme.index("### Limits") :].split("\n## ", 1)[0]
-    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|", limits, flags=re.M))
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+(?:[kMG]B)?) \|", limits, flags=re.M))
     assert {key: value for key, value in settings.items() if key not in identity} == rows
