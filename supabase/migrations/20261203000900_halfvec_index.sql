@@ -150,8 +150,11 @@ begin
     return query
       select d.id, d.external_id, d.content, d.metadata, r.similarity
         from (select c.id, c.similarity
-                from (select d.id, 1 - (e.embedding operator(extensions.<=>) query_embedding) as similarity
-                        from public.embeddings e join public.documents d on d.id = e.document_id
+                -- The caller bypasses RLS and every embedding has its document (foreign key): the
+                -- documents are joined once, for the rows returned.
+                from (select e.document_id as id,
+                             1 - (e.embedding operator(extensions.<=>) query_embedding) as similarity
+                        from public.embeddings e
                        where e.model = model_name
                        order by (extensions.l2_normalize(e.embedding))::extensions.halfvec(384)
                                 operator(extensions.<=>) query_half
