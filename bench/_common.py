@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,11 @@ def recall(found: Sequence[Sequence[Any]], truth: Sequence[Sequence[Any]], k: in
     if not truth:
         return float("nan")
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def row_numbers(external_ids: Iterable[Any]) -> list[int]:
+    """Row numbers of the synthetic rows ``d<i>`` a search returned (what ``exact_top_k`` yields)."""
+    return [int(str(i)[1:]) for i in external_ids]
 
 
 def synthetic_content(texts: Sequence[str], i: int, chars: int = 200) -> str:

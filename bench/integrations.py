@@ -44,6 +44,7 @@ from bench._common import (
     percentile,
     ratio,
     recall,
+    row_numbers,
 )
 from bench.ingest import (
     VecsTarget,
@@ -60,10 +61,6 @@ Search = Callable[[F32], list[int]]
 COLLECTION = "docs"
 
 
-def _rows(ids: Any) -> list[int]:
-    return [int(str(i)[1:]) for i in ids]
-
-
 def llama_vecs_missing() -> str | None:
     """Why LlamaIndex's vecs-based store cannot run here, or None."""
     if (missing := vecs_missing()) is not None:
@@ -78,7 +75,7 @@ def llama_vecs_missing() -> str | None:
     return None
 
 
-def load_node_rows(
+def load_noderow_numbers(
     target: VecsTarget,
     url: str,
     ids: list[str],
@@ -140,7 +137,7 @@ def run(quick: bool) -> dict[str, float]:
 
             target = VecsTarget(url)
             vecs_url = Loaded.vecs_url(url)
-            load_node_rows(target, vecs_url, list(data.ids), data.contents, data.metadata, data.vectors)
+            load_noderow_numbers(target, vecs_url, list(data.ids), data.contents, data.metadata, data.vectors)
             theirs = SupabaseVectorStore(
                 postgres_connection_string=vecs_url.replace("postgresql://", "postgresql+psycopg2://", 1),
                 collection_name=COLLECTION,
@@ -168,11 +165,13 @@ def run(quick: bool) -> dict[str, float]:
                     found = on.query(
                         VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=K, filters=filters)
                     )
-                    return _rows(found.ids)
+                    return row_numbers(found.ids)
 
                 paths: dict[str, Search] = {
-                    "SDK": lambda q, f={key: value}: _rows(r.id for r in store.search(q, k=K, filter=f)),  # type: ignore[misc]
-                    "ours LangChain": lambda q, f={key: value}: _rows(  # type: ignore[misc]
+                    "SDK": lambda q, f={key: value}: row_numbers(
+                        r.id for r in store.search(q, k=K, filter=f)
+                    ),  # type: ignore[misc]
+                    "ours LangChain": lambda q, f={key: value}: row_numbers(  # type: ignore[misc]
                         d.id for d in langchain.similarity_search_by_vector(q.tolist(), k=K, filter=f)
                     ),
                     "ours LlamaIndex": lambda q: llama_query(q, llama),

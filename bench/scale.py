@@ -59,6 +59,7 @@ from bench._common import (
     percentile,
     ratio,
     recall,
+    row_numbers,
 )
 from bench.ingest import (
     Rows,
@@ -70,12 +71,12 @@ from bench.ingest import (
     sdk_loader,
 )
 from bench.search import (
-    FILTERED_RPC_SQL,
-    FILTERED_SQL,
     RAW_SQL,
     VECTOR_INDEX_SQL,
     Search,
     create_match_documents_before,
+    filtered_rpc,
+    filtered_scan,
     measure,
 )
 
@@ -97,10 +98,6 @@ RPC_DEFAULT_SQL = "select external_id from public.match_documents(query_embeddin
 RPC_BEFORE_DEFAULT_SQL = RPC_DEFAULT_SQL.replace("match_documents", "match_documents_before")
 # The full-precision statement with index scans switched off: what a search costs without HNSW.
 EXACT_SETTINGS = ("set local enable_indexscan = off", "set local enable_bitmapscan = off")
-
-
-def _rows(ids: list[str]) -> list[int]:
-    return [int(i[1:]) for i in ids]
 
 
 def _load_average() -> str:
@@ -223,40 +220,25 @@ class Paths:
                 if self.ef != ef:
                     conn.execute(f"set hnsw.ef_search = {int(ef)}")
                     self.ef = ef
-                return _rows([r[0] for r in conn.execute(sql, [MODEL, q]).fetchall()])
+                return row_numbers([r[0] for r in conn.execute(sql, [MODEL, q]).fetchall()])
             with conn.transaction():
                 conn.execute(f"set local hnsw.ef_search = {int(ef)}")
                 for setting in settings:
                     conn.execute(setting)
                 # Never prepared: psycopg prepares a statement on its fifth run, and the plan cached
                 # on the server would outlive these settings (the index switch would not take).
-                return _rows([r[0] for r in conn.execute(sql, [MODEL, q], prepare=False).fetchall()])
+                return row_numbers([r[0] for r in conn.execute(sql, [MODEL, q], prepare=False).fetchall()])
 
         return run
 
     def rpc(self, q: F32) -> list[int]:
-        return _rows([r[0] for r in self.conn.execute(RPC_DEFAULT_SQL, [q]).fetchall()])
+        return row_numbers([r[0] for r in self.conn.execute(RPC_DEFAULT_SQL, [q]).fetchall()])
 
     def rpc_before(self, q: F32) -> list[int]:
-        return _rows([r[0] for r in self.conn.execute(RPC_BEFORE_DEFAULT_SQL, [q]).fetchall()])
-
-    def filtered_rpc(self, flt: dict[str, Any]) -> Search:
-        sql = FILTERED_RPC_SQL.format(function="match_documents")
-        return lambda q: _rows([r[0] for r in self.conn.execute(sql, [q, Jsonb(flt)]).fetchall()])
-
-    def iterative(self, flt: dict[str, Any]) -> Search:
-        conn = self.conn
-
-        def run(q: F32) -> list[int]:
-            with conn.transaction():
-                conn.execute("set local hnsw.iterative_scan = relaxed_order")
-                conn.execute("set local hnsw.ef_search = 40")
-                return _rows([r[0] for r in conn.execute(FILTERED_SQL, [MODEL, Jsonb(flt), q]).fetchall()])
-
-        return run
+        return row_numbers([r[0] for r in self.conn.execute(RPC_BEFORE_DEFAULT_SQL, [q]).fetchall()])
 
     def sdk(self, q: F32) -> list[int]:
-        return _rows([r.id for r in self.store.search(q, k=K)])
+        return row_numbers([r.id for r in self.store.search(q, k=K)])
 
 
 def uses_index(conn: psycopg.Connection[Any], sql: str, q: F32, index: str) -> bool:
@@ -405,7 +387,7 @@ def run_size(
             estimate = plan[0][0]["Plan"]["Plan Rows"]
             report.note(f"{label} {share}: {int(mask.sum()):,} rows match; planner estimate {estimate:,}")
             ftimes, ffound = measure(
-                {"iterative scan": paths.iterative(flt), "match_documents": paths.filtered_rpc(flt)}, fq
+                {"iterative scan": filtered_scan(conn, flt), "match_documents": filtered_rpc(conn, flt)}, fq
             )
             scan = percentile(ftimes["iterative scan"], 50)
             for name in ("match_documents", "iterative scan"):

@@ -54,6 +54,7 @@ from bench._common import (
     percentile,
     ratio,
     recall,
+    row_numbers,
 )
 from bench.ingest import (
     VecsTarget,
@@ -97,10 +98,6 @@ VECTOR_INDEX_SQL = (
 )
 
 Search = Callable[[F32], list[int]]
-
-
-def _rows(ids: Sequence[str]) -> list[int]:
-    return [int(i[1:]) for i in ids]
 
 
 def load_vecs(
@@ -236,10 +233,10 @@ class Loaded:
     # ---- paths ---------------------------------------------------------------------------------
 
     def raw(self, q: F32) -> list[int]:
-        return _rows([r[0] for r in self.conn.execute(RAW_SQL, [MODEL, q]).fetchall()])
+        return row_numbers([r[0] for r in self.conn.execute(RAW_SQL, [MODEL, q]).fetchall()])
 
     def rpc(self, ef: int, sql: str = RPC_SQL) -> Search:
-        return lambda q: _rows([r[0] for r in self.conn.execute(sql, [q, ef]).fetchall()])
+        return lambda q: row_numbers([r[0] for r in self.conn.execute(sql, [q, ef]).fetchall()])
 
     def sdk_rpc(self, ef: int) -> Search:
         from supa_vectors._core import checks, rows
@@ -248,19 +245,23 @@ class Loaded:
 
         def search(q: F32) -> list[int]:
             params = {**checks.match_params(checks.query_vector(q, 384), K, None, {}), "ef_search": ef}
-            return _rows([r.id for r in rows.parse_search_rows(transport.rpc("match_documents", params))])
+            return row_numbers(
+                [r.id for r in rows.parse_search_rows(transport.rpc("match_documents", params))]
+            )
 
         return search
 
     def sdk_search(self, q: F32, filter: dict[str, Any] | None = None) -> list[int]:
-        return _rows([r.id for r in self.store.search(q, k=K, filter=filter)])
+        return row_numbers([r.id for r in self.store.search(q, k=K, filter=filter)])
 
     def vecs_query(self, ef: int, filters: dict[str, Any] | None = None) -> dict[str, Search]:
         """The vecs path under ``vecs``, or nothing when vecs is not installed."""
         if self.vecs is None:
             return {}
         collection = self.vecs.collection
-        return {"vecs": lambda q: _rows(collection.query(data=q, limit=K, ef_search=ef, filters=filters))}
+        return {
+            "vecs": lambda q: row_numbers(collection.query(data=q, limit=K, ef_search=ef, filters=filters))
+        }
 
 
 def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report) -> None:
@@ -332,6 +333,26 @@ def run_search(loaded: Loaded, queries: F32, efs: Sequence[int], report: Report)
     report.figure("SDK VectorStore.search recall@10", recall(found["SDK VectorStore.search"], truth, K), "")
 
 
+def filtered_scan(conn: psycopg.Connection[Any], flt: dict[str, Any], *, iterative: bool = True) -> Search:
+    """pgvector's own filtered HNSW scan at ef_search 40: iterative (relaxed order), or post-filtered."""
+
+    def run(q: F32) -> list[int]:
+        with conn.transaction():
+            conn.execute(f"set local hnsw.iterative_scan = {'relaxed_order' if iterative else 'off'}")
+            conn.execute("set local hnsw.ef_search = 40")
+            return row_numbers([r[0] for r in conn.execute(FILTERED_SQL, [MODEL, Jsonb(flt), q]).fetchall()])
+
+    return run
+
+
+def filtered_rpc(
+    conn: psycopg.Connection[Any], flt: dict[str, Any], function: str = "match_documents"
+) -> Search:
+    """``function`` (match_documents or a definition created beside it) with ``flt``, k = 10."""
+    sql = FILTERED_RPC_SQL.format(function=function)
+    return lambda q: row_numbers([r[0] for r in conn.execute(sql, [q, Jsonb(flt)]).fetchall()])
+
+
 def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
     rows = len(loaded.vectors)
     b10 = np.array([m["b10"] for m in loaded.metadata])
@@ -345,27 +366,13 @@ def run_filtered_part(loaded: Loaded, queries: F32, report: Report) -> None:
         truth = exact_top_k(loaded.vectors, queries, K, mask)
         vecs_filter = {key: {"$eq": value} for key, value in flt.items()}
 
-        def pgvector(q: F32, flt: dict[str, Any] = flt, iterative: bool = True) -> list[int]:
-            with conn.transaction():
-                conn.execute(f"set local hnsw.iterative_scan = {'relaxed_order' if iterative else 'off'}")
-                conn.execute("set local hnsw.ef_search = 40")
-                return _rows([r[0] for r in conn.execute(FILTERED_SQL, [MODEL, Jsonb(flt), q]).fetchall()])
-
-        def rpc(function: str, flt: dict[str, Any] = flt) -> Search:
-            sql = FILTERED_RPC_SQL.format(function=function)
-
-            def call(q: F32) -> list[int]:
-                return _rows([r[0] for r in conn.execute(sql, [q, Jsonb(flt)]).fetchall()])
-
-            return call
-
         paths: dict[str, Search] = {
-            "pgvector iterative scan": pgvector,
-            "match_documents before": rpc("match_documents_before"),
-            "match_documents now": rpc("match_documents"),
+            "pgvector iterative scan": filtered_scan(conn, flt),
+            "match_documents before": filtered_rpc(conn, flt, "match_documents_before"),
+            "match_documents now": filtered_rpc(conn, flt),
             "ours SDK": lambda q, flt=flt: loaded.sdk_search(q, flt),  # type: ignore[misc]
             **loaded.vecs_query(40, vecs_filter),
-            "post-filtered HNSW": lambda q, flt=flt: pgvector(q, flt, iterative=False),  # type: ignore[misc]
+            "post-filtered HNSW": filtered_scan(conn, flt, iterative=False),
         }
         times, found = measure(paths, queries)
         report.heading(
