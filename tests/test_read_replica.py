@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -25,10 +26,6 @@ from supa_vectors.local import LocalStack
 from supa_vectors.local import server as local_server
 from supa_vectors.transport.identity import Identity
 from tests.conftest import DIM, USER_A, USER_B
-
-
-def port_of(url: str) -> int:
-    return int(url.split("@127.0.0.1:", 1)[1].split("/", 1)[0])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def with_replica(primary: str) -> Iterator[tuple[str, str]]:
             [
                 pginstall / "bin" / "pg_basebackup",
                 *("-D", replica.data_dir, "-R", "-X", "stream"),
-                *("-h", "127.0.0.1", "-p", str(port_of(primary)), "-U", "postgres"),
+                *("-h", "127.0.0.1", "-p", str(urlsplit(primary).port), "-U", "postgres"),
             ],
             user=user,
             cwd=base,
